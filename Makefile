@@ -1,0 +1,33 @@
+# Two commands: `make run` trains the whole pipeline, `make test` runs the tests.
+# Both create .venv and install the pinned dependencies first (once).
+# For a CUDA build of torch: make run TORCH_SPEC="torch==2.11.0" PIP_ARGS="--index-url <your wheel index>"
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PIP_ARGS ?=
+BIN := $(VENV)/bin
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: run test lint format clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check $(PIP_ARGS) "$(TORCH_SPEC)"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+run: $(BIN)/.installed
+	PATH="$(abspath $(BIN)):$$PATH" dvc repro
+
+test: $(BIN)/.installed
+	PATH="$(abspath $(BIN)):$$PATH" python -m pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(BIN)/.installed
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+clean:
+	rm -rf data/tokens data/blocks data/chat checkpoints/*.pt dvclive

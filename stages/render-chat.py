@@ -1,0 +1,33 @@
+"""Stage render-chat: chat JSONL -> data/chat token ids, learned-token mask, offsets, meta.json."""
+
+from xinslm.chat import render_chat
+from xinslm.config import load_params
+from xinslm.errors import run_main
+from xinslm.tokenizer import get_tokenizer
+
+OUT = "data/chat"
+
+
+def main() -> None:
+    tok, model, chat = load_params("params.yaml", "tokenizer", "model", "chat")
+    tokenizer = get_tokenizer(tok.name, tok.encodings_dir)
+    meta = render_chat(
+        chat.input,
+        tokenizer,
+        OUT,
+        context_len=model.context_len,
+        val_fraction=chat.val_fraction,
+        on_error=chat.on_error,
+        overlong=chat.overlong,
+    )
+    n = meta["conversations"]
+    print(
+        f"render-chat: {n['train']:,} train and {n['val']:,} val conversations -> {OUT} "
+        f"({meta['skipped']} skipped, {meta['truncated']} truncated, {meta['dropped']} dropped)"
+    )
+    for problem in meta["skipped_records"][:5]:
+        print(f"  skipped {problem}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,44 @@
+"""Stage sft: checkpoints/base.pt + data/chat -> checkpoints/chat.pt (loss on assistant tokens).
+
+The model is built from base.pt's own config, so its shape cannot mismatch the base model.
+"""
+
+from xinslm.checkpoint import load_checkpoint, model_from_checkpoint
+from xinslm.config import load_params
+from xinslm.data import ChatBatches, ChatData, val_chat_batches
+from xinslm.errors import XinslmError, run_main
+from xinslm.train import seed_everything, train_loop
+
+BASE, CHAT, OUT, LIVE = "checkpoints/base.pt", "data/chat", "checkpoints/chat.pt", "dvclive/sft"
+
+
+def main() -> None:
+    (train_p,) = load_params("params.yaml", "sft")
+    base = load_checkpoint(BASE)
+    train_data = ChatData(CHAT, "train", tokenizer=base["tokenizer"])
+    val_data = ChatData(CHAT, "val", tokenizer=base["tokenizer"])
+    if train_data.meta["context_len"] > base["model_config"]["context_len"]:
+        raise XinslmError(f"{CHAT} was rendered for a longer context than {BASE} has")
+
+    seed_everything(train_p.seed)
+    model = model_from_checkpoint(base)
+    print(f"sft: from {BASE} (step {base['step']}), {len(train_data):,} train conversations")
+
+    def val_batches():
+        return val_chat_batches(val_data, train_p.batch_size, train_p.eval_batches)
+
+    summary = train_loop(
+        model,
+        ChatBatches(train_data, train_p.batch_size, train_p.seed),
+        val_batches if len(val_data) else None,
+        train_p,
+        out_path=OUT,
+        live_dir=LIVE,
+        checkpoint_extra={"tokenizer": base["tokenizer"], "stage": "sft", "base_step": base["step"]},
+        desc="sft",
+    )
+    print(f"sft: {summary} -> {OUT}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,57 @@
+"""Checkpoints: written atomically, loaded without running any code from the file.
+
+A checkpoint is a dict of tensors and plain Python values only, so `torch.load(...,
+weights_only=True)` can read it: a crafted pickle that tries to execute code is refused.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from xinslm.errors import XinslmError
+from xinslm.model import ModelConfig, NanoChatModel
+from xinslm.tokens import atomic_file
+
+FORMAT = "xinslm-checkpoint-1"
+
+
+def save_checkpoint(path: str | Path, **contents: object) -> None:
+    """Save `contents` (model, config, tokenizer, optimizer, step, params, ...) atomically."""
+    with atomic_file(path) as tmp:
+        torch.save({"format": FORMAT, **contents}, tmp)
+
+
+def load_checkpoint(path: str | Path, tokenizer: dict | None = None) -> dict:
+    """Load a checkpoint safely; with `tokenizer`, refuse one made with another tokenizer."""
+    path = Path(path)
+    if not path.is_file():
+        raise XinslmError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0]
+        raise XinslmError(f"{path}: refused to load (not a plain checkpoint: {first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise XinslmError(f"{path}: unreadable or truncated checkpoint ({e})".splitlines()[0]) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise XinslmError(f"{path}: not an xinslm checkpoint")
+    if tokenizer is not None:
+        have = ckpt["tokenizer"]
+        for key in ("name", "vocab_size", "special"):
+            if have.get(key) != tokenizer.get(key):
+                raise XinslmError(
+                    f"{path}: made with tokenizer {key}={have.get(key)!r}, "
+                    f"but the data uses {tokenizer.get(key)!r}"
+                )
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> NanoChatModel:
+    """Build the model with the checkpoint's own config and load its weights."""
+    model = NanoChatModel(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model

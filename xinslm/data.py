@@ -1,0 +1,116 @@
+"""Batch iterators over the token artifacts, for both stages.
+
+Each iterator visits its examples in an order fixed by the seed, one shuffled pass (epoch) after
+another, and can report and restore its position (`state_dict`), so a run can resume exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xinslm.model import IGNORE_INDEX
+from xinslm.errors import XinslmError
+from xinslm.tokens import open_array, read_meta
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (input_ids, labels), both (B, T) int64
+
+
+class ShuffledIndices:
+    """Endless batches of example indices: a seeded permutation per epoch, in order."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        if n <= 0:
+            raise XinslmError("no training examples")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch, self.cursor = 0, 0
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def next(self) -> np.ndarray:
+        out = []
+        while len(out) < self.batch_size:
+            take = min(self.batch_size - len(out), self.n - self.cursor)
+            out.extend(self._order(self.epoch)[self.cursor : self.cursor + take])
+            self.cursor += take
+            if self.cursor == self.n:
+                self.epoch, self.cursor = self.epoch + 1, 0
+        return np.asarray(out)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+
+
+class BlockBatches:
+    """Pretraining batches: rows of a [N, T+1] block array; input = row[:-1], labels = row[1:]."""
+
+    def __init__(self, blocks: np.ndarray, batch_size: int, seed: int) -> None:
+        self.blocks = blocks
+        self.indices = ShuffledIndices(len(blocks), batch_size, seed)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        rows = torch.from_numpy(self.blocks[self.indices.next()].astype(np.int64))
+        return rows[:, :-1], rows[:, 1:]
+
+
+def val_block_batches(blocks: np.ndarray, batch_size: int, max_batches: int) -> Iterator[Batch]:
+    """The first `max_batches` batches of the val blocks, always the same ones."""
+    for first in range(0, min(len(blocks), batch_size * max_batches), batch_size):
+        rows = torch.from_numpy(blocks[first : first + batch_size].astype(np.int64))
+        yield rows[:, :-1], rows[:, 1:]
+
+
+class ChatData:
+    """Rendered conversations of one split: ids, learned flags and offsets (memory-mapped)."""
+
+    def __init__(self, directory: str | Path, split: str, tokenizer: dict | None = None) -> None:
+        self.meta = read_meta(directory, "chat", tokenizer)
+        self.ids = open_array(directory, self.meta, f"{split}_ids")
+        self.mask = open_array(directory, self.meta, f"{split}_mask")
+        self.offsets = open_array(directory, self.meta, f"{split}_offsets")
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def batch(self, indices: np.ndarray) -> Batch:
+        """Right-padded (input_ids, labels); labels[i] = ids[i+1] where learned, else -100."""
+        spans = [(int(self.offsets[i]), int(self.offsets[i + 1])) for i in indices]
+        width = max(end - start for start, end in spans)
+        input_ids = torch.zeros(len(spans), width, dtype=torch.int64)
+        labels = torch.full((len(spans), width), IGNORE_INDEX, dtype=torch.int64)
+        for row, (start, end) in enumerate(spans):
+            ids = torch.from_numpy(self.ids[start:end].astype(np.int64))
+            learned = torch.from_numpy(self.mask[start + 1 : end].astype(np.bool_))
+            input_ids[row, : end - start] = ids
+            labels[row, : end - start - 1] = torch.where(learned, ids[1:], IGNORE_INDEX)
+        return input_ids, labels
+
+
+class ChatBatches:
+    """SFT batches: shuffled conversations, padded to the longest in the batch."""
+
+    def __init__(self, data: ChatData, batch_size: int, seed: int) -> None:
+        self.data = data
+        self.indices = ShuffledIndices(len(data), batch_size, seed)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        return self.data.batch(self.indices.next())
+
+
+def val_chat_batches(data: ChatData, batch_size: int, max_batches: int) -> Iterator[Batch]:
+    """The first `max_batches` batches of val conversations, always the same ones."""
+    for first in range(0, min(len(data), batch_size * max_batches), batch_size):
+        yield data.batch(np.arange(first, min(len(data), first + batch_size)))

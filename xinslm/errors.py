@@ -1,0 +1,22 @@
+"""The one error type the project raises for bad input, and how stage scripts report it."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+class XinslmError(Exception):
+    """A problem with the user's input or setup: shown as one line, never as a traceback."""
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a stage's or the CLI's main(): a XinslmError becomes one line on stderr and exit 1."""
+    try:
+        main()
+    except XinslmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

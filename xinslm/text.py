@@ -1,0 +1,138 @@
+"""Base-pretraining data: tokenize text files into a token stream, then pack it into blocks.
+
+tokenize-text streams each file in chunks of whole lines (memory stays bounded on a file of
+many GB), keeps every byte of the text including newlines, starts each document (file) with
+BOS, and splits each file by position: the first (1 - val_fraction) of its bytes go to train,
+the rest (from the next line start) to val, as nanoGPT splits Shakespeare.
+
+pack cuts the stream into [N, context_len + 1] blocks with stride context_len, so that with
+input = block[:-1] and target = block[1:] every token after the first is a target exactly once.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from xinslm.errors import XinslmError
+from xinslm.tokenizer import Tokenizer
+from xinslm.tokens import ArrayWriter, atomic_dir, open_array, read_meta, token_dtype, write_meta
+
+
+def text_files(path: str | Path) -> list[Path]:
+    """The input files: `path` itself, or every *.txt under a directory, sorted."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise XinslmError(f"{path}: directory holds no .txt files")
+        return files
+    if not path.exists():
+        raise XinslmError(f"{path}: text input not found (set text.input in params.yaml)")
+    return [path]
+
+
+def read_text_chunks(path: Path, val_fraction: float, chunk_bytes: int) -> Iterator[tuple[str, str]]:
+    """Yield (split, text) chunks of `path`, each made of whole lines (or a piece of a line
+    longer than chunk_bytes), decoded as strict UTF-8; a bad byte names its offset."""
+    size = path.stat().st_size
+    split_at = size - int(size * val_fraction)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    offset, pending, split, line_start = 0, [], "train", True
+    with open(path, "rb") as f:
+        while True:
+            line = f.readline(chunk_bytes)
+            # A split only changes at a line start, so no line (or character) is cut in two.
+            line_split = ("train" if offset < split_at else "val") if line_start else split
+            if pending and (not line or line_split != split or sum(map(len, pending)) >= chunk_bytes):
+                data = b"".join(pending)
+                try:
+                    text = decoder.decode(data, final=line_split != split or not line)
+                except UnicodeDecodeError as e:
+                    start = offset - len(data) + e.start
+                    raise XinslmError(f"{path}: not valid UTF-8 at byte {start} ({e.reason})") from None
+                yield split, text
+                pending = []
+            if not line:
+                return
+            split, line_start = line_split, line.endswith(b"\n")
+            pending.append(line)
+            offset += len(line)
+
+
+def tokenize_text(
+    input_path: str | Path,
+    tokenizer: Tokenizer,
+    out_dir: str | Path,
+    val_fraction: float,
+    chunk_bytes: int = 4 << 20,
+) -> dict:
+    """Write `train.bin` and `val.bin` token streams plus meta.json into `out_dir`."""
+    files = text_files(input_path)
+    dtype = token_dtype(tokenizer.vocab_size)
+    counts = {"train": {"bytes": 0, "documents": 0}, "val": {"bytes": 0, "documents": 0}}
+    sources = []
+    with atomic_dir(out_dir) as tmp:
+        writers = {s: ArrayWriter(tmp / f"{s}.bin", dtype) for s in ("train", "val")}
+        for path in files:
+            started = set()
+            for split, text in read_text_chunks(path, val_fraction, chunk_bytes):
+                if split not in started:  # each document's part in a split starts with BOS
+                    writers[split].write([tokenizer.bos_id])
+                    counts[split]["documents"] += 1
+                    started.add(split)
+                writers[split].write(np.asarray(tokenizer.encode(text), dtype=np.int64))
+                counts[split]["bytes"] += len(text.encode("utf-8"))
+            if not started:
+                raise XinslmError(f"{path}: file is empty")
+            sources.append({"path": str(path), "bytes": path.stat().st_size})
+        arrays = {s: w.close() for s, w in writers.items()}
+        if arrays["train"]["shape"][0] < 2:
+            raise XinslmError(f"{input_path}: too little text to train on")
+        meta = {
+            "kind": "tokens",
+            "tokenizer": tokenizer.identity(),
+            "arrays": arrays,
+            "text_bytes": {s: c["bytes"] for s, c in counts.items()},
+            "documents": {s: c["documents"] for s, c in counts.items()},
+            "val_fraction": val_fraction,
+            "sources": sources,
+        }
+        write_meta(tmp, meta)
+    return meta
+
+
+def pack_blocks(tokens_dir: str | Path, out_dir: str | Path, context_len: int) -> dict:
+    """Write `[N, context_len + 1]` blocks of each split, stride context_len, plus meta.json."""
+    meta_in = read_meta(tokens_dir, "tokens")
+    arrays, stats = {}, {}
+    with atomic_dir(out_dir) as tmp:
+        for split in ("train", "val"):
+            stream = open_array(tokens_dir, meta_in, split)
+            n_blocks = max(0, (len(stream) - 1) // context_len)
+            if split == "train" and n_blocks == 0:
+                raise XinslmError(
+                    f"{tokens_dir}: {len(stream)} train tokens make no block of "
+                    f"context_len+1 = {context_len + 1}; lower model.context_len or add text"
+                )
+            writer = ArrayWriter(tmp / f"{split}.bin", stream.dtype, (context_len + 1,))
+            rows_per_chunk = max(1, (1 << 22) // (context_len + 1))
+            for first in range(0, n_blocks, rows_per_chunk):
+                last = min(n_blocks, first + rows_per_chunk)
+                starts = np.arange(first, last) * context_len
+                writer.write(stream[starts[:, None] + np.arange(context_len + 1)])
+            arrays[split] = writer.close()
+            stats[split] = {"blocks": n_blocks, "tokens_used": n_blocks * context_len + bool(n_blocks)}
+        meta = {
+            "kind": "blocks",
+            "tokenizer": meta_in["tokenizer"],
+            "arrays": arrays,
+            "context_len": context_len,
+            "stats": stats,
+            "text_bytes": meta_in["text_bytes"],
+        }
+        write_meta(tmp, meta)
+    return meta

@@ -1,0 +1,173 @@
+"""Tokenizers: bytes, or a named tiktoken encoding loaded from a local file (no network).
+
+Both append the chat template's special tokens past their ordinary ids. `encode()` treats all
+text as ordinary text, so no input string can ever produce a special token: that is what keeps
+user content from forging a role marker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from xinslm.errors import XinslmError
+
+# The chat template's special tokens, in id order after the ordinary vocabulary.
+SPECIAL_TOKENS = ("<|bos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+
+_R50K_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+_CL100K_PAT = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+_O200K_PAT = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
+
+# name -> (ranks file, its sha256 as tiktoken checks it, split pattern, the encoding's own specials)
+TIKTOKEN_ENCODINGS: dict[str, tuple[str, str, str, dict[str, int]]] = {
+    "gpt2": (
+        "r50k_base.tiktoken",
+        "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
+        _R50K_PAT,
+        {"<|endoftext|>": 50256},
+    ),
+    "r50k_base": (
+        "r50k_base.tiktoken",
+        "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
+        _R50K_PAT,
+        {"<|endoftext|>": 50256},
+    ),
+    "p50k_base": (
+        "p50k_base.tiktoken",
+        "94b5ca7dff4d00767bc256fdd1b27e5b17361d7b8a5f968547f9f23eb70d2069",
+        _R50K_PAT,
+        {"<|endoftext|>": 50256},
+    ),
+    "cl100k_base": (
+        "cl100k_base.tiktoken",
+        "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+        _CL100K_PAT,
+        {
+            "<|endoftext|>": 100257,
+            "<|fim_prefix|>": 100258,
+            "<|fim_middle|>": 100259,
+            "<|fim_suffix|>": 100260,
+            "<|endofprompt|>": 100276,
+        },
+    ),
+    "o200k_base": (
+        "o200k_base.tiktoken",
+        "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+        _O200K_PAT,
+        {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
+    ),
+}
+
+
+class Tokenizer:
+    """What every tokenizer offers; `special` maps each SPECIAL_TOKENS name to its id."""
+
+    name: str
+    vocab_size: int
+    special: dict[str, int]
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    @property
+    def bos_id(self) -> int:
+        return self.special["<|bos|>"]
+
+    @property
+    def end_id(self) -> int:
+        return self.special["<|end|>"]
+
+    def identity(self) -> dict:
+        """What a token artifact or checkpoint records, so readers can refuse a mismatch."""
+        return {"name": self.name, "vocab_size": self.vocab_size, "special": dict(self.special)}
+
+
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes are ids 0-255; the special tokens are 256 onwards."""
+
+    def __init__(self) -> None:
+        self.name = "byte"
+        self.special = {tok: 256 + i for i, tok in enumerate(SPECIAL_TOKENS)}
+        self._special_by_id = {i: tok for tok, i in self.special.items()}
+        self.vocab_size = 256 + len(SPECIAL_TOKENS)
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        out, buf = [], bytearray()
+        for i in ids:
+            if i < 256:
+                buf.append(i)
+                continue
+            out.append(buf.decode("utf-8", errors="replace"))
+            buf = bytearray()
+            out.append(self._special_by_id.get(i, f"<|unk{i}|>"))
+        out.append(buf.decode("utf-8", errors="replace"))
+        return "".join(out)
+
+
+class TiktokenTokenizer(Tokenizer):
+    """A named tiktoken encoding built from its local ranks file, checked against its sha256."""
+
+    def __init__(self, name: str, encodings_dir: str | Path) -> None:
+        import tiktoken
+        from tiktoken.load import load_tiktoken_bpe
+
+        if name not in TIKTOKEN_ENCODINGS:
+            known = ", ".join(sorted(TIKTOKEN_ENCODINGS))
+            raise XinslmError(f"unknown tiktoken encoding '{name}' (known: {known})")
+        filename, sha256, pattern, own_special = TIKTOKEN_ENCODINGS[name]
+        path = Path(encodings_dir) / filename
+        if not path.is_file():
+            raise XinslmError(
+                f"tokenizer '{name}' needs {path}: put {filename} (tiktoken's ranks file) there, "
+                "or point tokenizer.encodings_dir at the folder that holds it"
+            )
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != sha256:
+            raise XinslmError(f"{path} has sha256 {digest}, expected {sha256} for '{name}'")
+        ranks = load_tiktoken_bpe(str(path))
+        base = max(max(ranks.values()), *own_special.values()) + 1
+        self.name = name
+        self.special = {tok: base + i for i, tok in enumerate(SPECIAL_TOKENS)}
+        self.vocab_size = base + len(SPECIAL_TOKENS)
+        self._enc = tiktoken.Encoding(
+            name=f"xinslm-{name}",
+            pat_str=pattern,
+            mergeable_ranks=ranks,
+            special_tokens={**own_special, **self.special},
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return self._enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self._enc.encode_ordinary_batch(texts)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._enc.decode(ids)
+
+
+def get_tokenizer(name: str, encodings_dir: str | Path = "../shared/data/tiktoken") -> Tokenizer:
+    """The tokenizer called `name`: 'byte' or a tiktoken encoding (gpt2, cl100k_base, ...)."""
+    if name == "byte":
+        return ByteTokenizer()
+    return TiktokenTokenizer(name, encodings_dir)
