@@ -1,0 +1,168 @@
+"""The DVC pipeline end to end, in a throwaway copy of the repo with a tiny model:
+`dvc repro` runs every stage once, then reruns exactly the stages an edit touches."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("XINSLM_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
+ALL_STAGES = {"tokenize-text", "pack", "pretrain", "render-chat", "sft"}
+
+# Small enough that the whole pipeline trains in seconds on two CPU cores.
+TINY = {
+    "model": {"n_layer": 1, "n_head": 2, "n_kv_head": 1, "n_embd": 32},
+    "pretrain": {"max_steps": 4, "batch_size": 4, "eval_every": 2, "eval_batches": 1},
+    "sft": {"max_steps": 3, "batch_size": 4, "eval_every": 2, "eval_batches": 1},
+}
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def edit_params(repo: Path, changes: dict) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in changes.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def stages_to_run(repo: Path) -> set[str]:
+    """The stages `dvc repro --dry` plans from what changed so far (not yet what they change)."""
+    out = run(["dvc", "repro", "--dry"], repo).stdout
+    return set(re.findall(r"Running stage '([^']+)'", out))
+
+
+def stages_rerun(repo: Path) -> set[str]:
+    """The stages a real `dvc repro` runs: an unchanged output stops the rerun there."""
+    out = run(["dvc", "repro"], repo).stdout
+    return set(re.findall(r"Running stage '([^']+)'", out))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A git clone of the committed tree plus the working copy's files, tiny params, one
+    full `dvc repro` done and committed."""
+    repo = tmp_path_factory.mktemp("pipeline") / "repo"
+    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], ROOT).stdout
+    for name in files.split():
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    # Start from nothing run: no lock file, no metrics from the real params.
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    shutil.rmtree(repo / "dvclive", ignore_errors=True)
+    edit_params(repo, TINY)
+    run(["git", "init", "-q"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo)
+    run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"], repo)
+    return repo
+
+
+@pytest.fixture
+def clean(repo: Path):
+    """Give the test the repo, and put every tracked file back afterwards."""
+    yield repo
+    run(["git", "checkout", "--", "."], repo)
+    run(["dvc", "checkout", "--quiet"], repo)
+    assert stages_to_run(repo) == set()
+
+
+def test_repro_writes_checkpoints_and_then_has_nothing_to_do(repo: Path) -> None:
+    assert (repo / "checkpoints/base.pt").is_file()
+    assert (repo / "checkpoints/chat.pt").is_file()
+    out = run(["dvc", "repro"], repo).stdout
+    assert "Data and pipelines are up to date." in out
+    assert not re.search(r"Running stage", out)
+
+
+def test_sft_lr_edit_reruns_sft_only_and_params_diff_shows_it(clean: Path) -> None:
+    edit_params(clean, {"sft": {"lr": 0.0005}})
+    assert stages_to_run(clean) == {"sft"}
+    assert stages_rerun(clean) == {"sft"}
+    diff = json.loads(run(["dvc", "params", "diff", "--json"], clean).stdout)
+    assert diff["params.yaml"] == {"sft.lr": {"old": 0.001, "new": 0.0005, "diff": -0.0005}}
+
+
+def test_context_len_edit_keeps_tokenize_text(clean: Path) -> None:
+    edit_params(clean, {"model": {"context_len": 128}})
+    assert stages_rerun(clean) == {"pack", "pretrain", "render-chat", "sft"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"pretrain": {"lr": 0.002}}, {"pretrain", "sft"}),
+        ({"chat": {"val_fraction": 0.2}}, {"render-chat", "sft"}),
+        ({"text": {"val_fraction": 0.2}}, {"tokenize-text", "pack", "pretrain", "sft"}),
+        ({"tokenizer": {"name": "gpt2", "encodings_dir": str(SHARED / "tiktoken")}}, ALL_STAGES),
+    ],
+)
+def test_param_edit_reruns_exactly(clean: Path, changes: dict, expected: set) -> None:
+    if "tokenizer" in changes and not (SHARED / "tiktoken" / "r50k_base.tiktoken").is_file():
+        pytest.skip(f"gpt2 encoding file not found under {SHARED}/tiktoken (XINSLM_SHARED_DATA)")
+    edit_params(clean, changes)
+    assert stages_rerun(clean) == expected
+
+
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        # A stage whose code changed reruns; when its output comes out byte-identical (same
+        # inputs, deterministic code), DVC stops there: sft is skipped after render-chat.
+        ("xinslm/chat.py", {"render-chat"}),
+        ("xinslm/model.py", {"pretrain", "sft"}),
+        ("xinslm/text.py", {"tokenize-text", "pack"}),
+        ("stages/sft.py", {"sft"}),
+    ],
+)
+def test_code_edit_reruns_the_stages_that_import_it(clean: Path, module: str, expected) -> None:
+    with open(clean / module, "a") as f:
+        f.write("\n# an edit\n")
+    assert stages_rerun(clean) == expected
+
+
+def test_sft_starts_from_base_checkpoint(repo: Path) -> None:
+    base = torch.load(repo / "checkpoints/base.pt", weights_only=True)
+    chat = torch.load(repo / "checkpoints/chat.pt", weights_only=True)
+    assert chat["model_config"] == base["model_config"]
+    assert chat["tokenizer"] == base["tokenizer"]
+    assert chat["base_step"] == base["step"] == TINY["pretrain"]["max_steps"]
+    assert chat["step"] == TINY["sft"]["max_steps"]
+    # Adam moves each weight by about lr per step at most: 3 steps at lr 1e-3 stay within
+    # 0.005 of the base weights, while a fresh init differs by O(1).
+    for name, w in base["model"].items():
+        delta = (chat["model"][name] - w).abs().max().item()
+        assert delta < 0.005, name
+    assert any((chat["model"][k] != w).any() for k, w in base["model"].items())
+
+
+def test_metrics_and_exp_run(repo: Path) -> None:
+    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    shown = json.dumps(metrics)
+    assert "dvclive/pretrain/metrics.json" in shown and "dvclive/sft/metrics.json" in shown
+    run(["dvc", "exp", "run", "-S", "sft.max_steps=5", "-n", "five-steps"], repo)
+    table = run(["dvc", "exp", "show", "--no-pager", "--csv"], repo).stdout
+    rows = [line for line in table.splitlines() if line.startswith("five-steps,")]
+    assert len(rows) == 1
+    header = table.splitlines()[0].split(",")
+    assert rows[0].split(",")[header.index("sft.max_steps")] == "5"
