@@ -34,7 +34,11 @@ def main() -> None:
         train_p,
         out_path=OUT,
         live_dir=LIVE,
-        checkpoint_extra={"tokenizer": base["tokenizer"], "stage": "sft", "base_step": base["step"]},
+        checkpoint_extra={
+            "tokenizer": base["tokenizer"],
+            "stage": "sft",
+            "base_step": base["step"],
+        },
         desc="sft",
     )
     print(f"sft: {summary} -> {OUT}")

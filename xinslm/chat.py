@@ -130,7 +130,7 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                yield lineno, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 yield lineno, _BadLine(f"malformed JSON: {e.msg} at column {e.colno}")
 
@@ -163,7 +163,9 @@ def load_conversations(
         except ValueError as e:
             problem = f"{path}:{lineno}: {e}"
             if on_error == "fail":
-                raise XinslmError(problem + " (set chat.on_error: skip to skip such records)")
+                raise XinslmError(
+                    problem + " (set chat.on_error: skip to skip such records)"
+                ) from None
             skipped.append(problem)
     if not conversations:
         raise XinslmError(f"{path}: no valid conversations")
@@ -240,3 +242,10 @@ def render_chat(
         }
         write_meta(tmp, meta)
     return meta
+
+
+def render_prompt(conversation: Conversation, tokenizer: Tokenizer) -> list[int]:
+    """Token ids that ask the model for the next assistant message: the conversation so far
+    (ending with a user message) followed by the assistant's role marker and newline."""
+    ids, _ = render_conversation(conversation, tokenizer)
+    return ids + [tokenizer.special["<|assistant|>"], *tokenizer.encode("\n")]

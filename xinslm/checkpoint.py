@@ -36,7 +36,9 @@ def load_checkpoint(path: str | Path, tokenizer: dict | None = None) -> dict:
         first = str(e).strip().splitlines()[0]
         raise XinslmError(f"{path}: refused to load (not a plain checkpoint: {first})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise XinslmError(f"{path}: unreadable or truncated checkpoint ({e})".splitlines()[0]) from None
+        raise XinslmError(
+            f"{path}: unreadable or truncated checkpoint ({e})".splitlines()[0]
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise XinslmError(f"{path}: not an xinslm checkpoint")
     if tokenizer is not None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xinslm.model import IGNORE_INDEX
 from xinslm.errors import XinslmError
+from xinslm.model import IGNORE_INDEX
 from xinslm.tokens import open_array, read_meta
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (input_ids, labels), both (B, T) int64

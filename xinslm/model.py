@@ -40,7 +40,9 @@ def norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
-def rotary_tables(context_len: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_tables(
+    context_len: int, head_dim: int, base: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of shape (context_len, head_dim / 2) for positions 0..context_len-1."""
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(context_len, dtype=torch.float32), inv_freq)
@@ -107,7 +109,9 @@ class NanoChatModel(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        cos, sin = rotary_tables(config.context_len, config.n_embd // config.n_head, config.rope_base)
+        cos, sin = rotary_tables(
+            config.context_len, config.n_embd // config.n_head, config.rope_base
+        )
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
         self.reset_parameters()
@@ -135,7 +139,9 @@ class NanoChatModel(nn.Module):
         that are not IGNORE_INDEX (-100)."""
         T = input_ids.shape[1]
         if T > self.config.context_len:
-            raise ValueError(f"sequence of {T} tokens exceeds context_len {self.config.context_len}")
+            raise ValueError(
+                f"sequence of {T} tokens exceeds context_len {self.config.context_len}"
+            )
         x = norm(self.wte(input_ids))
         cos, sin = self.cos[:T], self.sin[:T]
         for block in self.blocks:

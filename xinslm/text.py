@@ -35,7 +35,9 @@ def text_files(path: str | Path) -> list[Path]:
     return [path]
 
 
-def read_text_chunks(path: Path, val_fraction: float, chunk_bytes: int) -> Iterator[tuple[str, str]]:
+def read_text_chunks(
+    path: Path, val_fraction: float, chunk_bytes: int
+) -> Iterator[tuple[str, str]]:
     """Yield (split, text) chunks of `path`, each made of whole lines (or a piece of a line
     longer than chunk_bytes), decoded as strict UTF-8; a bad byte names its offset."""
     size = path.stat().st_size
@@ -47,13 +49,17 @@ def read_text_chunks(path: Path, val_fraction: float, chunk_bytes: int) -> Itera
             line = f.readline(chunk_bytes)
             # A split only changes at a line start, so no line (or character) is cut in two.
             line_split = ("train" if offset < split_at else "val") if line_start else split
-            if pending and (not line or line_split != split or sum(map(len, pending)) >= chunk_bytes):
+            if pending and (
+                not line or line_split != split or sum(map(len, pending)) >= chunk_bytes
+            ):
                 data = b"".join(pending)
                 try:
                     text = decoder.decode(data, final=line_split != split or not line)
                 except UnicodeDecodeError as e:
                     start = offset - len(data) + e.start
-                    raise XinslmError(f"{path}: not valid UTF-8 at byte {start} ({e.reason})") from None
+                    raise XinslmError(
+                        f"{path}: not valid UTF-8 at byte {start} ({e.reason})"
+                    ) from None
                 yield split, text
                 pending = []
             if not line:
@@ -125,7 +131,10 @@ def pack_blocks(tokens_dir: str | Path, out_dir: str | Path, context_len: int) -
                 starts = np.arange(first, last) * context_len
                 writer.write(stream[starts[:, None] + np.arange(context_len + 1)])
             arrays[split] = writer.close()
-            stats[split] = {"blocks": n_blocks, "tokens_used": n_blocks * context_len + bool(n_blocks)}
+            stats[split] = {
+                "blocks": n_blocks,
+                "tokens_used": n_blocks * context_len + bool(n_blocks),
+            }
         meta = {
             "kind": "blocks",
             "tokenizer": meta_in["tokenizer"],

@@ -81,7 +81,11 @@ class ArrayWriter:
 
     def close(self) -> dict:
         self._file.close()
-        return {"file": self.path.name, "dtype": self.dtype.name, "shape": [self.rows, *self.row_shape]}
+        return {
+            "file": self.path.name,
+            "dtype": self.dtype.name,
+            "shape": [self.rows, *self.row_shape],
+        }
 
 
 def write_meta(directory: Path, meta: dict) -> None:
