@@ -29,6 +29,10 @@ TINY = {
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    # `dvc exp run` commits experiments: give git an identity even on a bare CI machine.
+    for who in ("AUTHOR", "COMMITTER"):
+        env.setdefault(f"GIT_{who}_NAME", "xinslm tests")
+        env.setdefault(f"GIT_{who}_EMAIL", "tests@xinslm.invalid")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
@@ -70,11 +74,11 @@ def repo(tmp_path_factory) -> Path:
     shutil.rmtree(repo / "dvclive", ignore_errors=True)
     edit_params(repo, TINY)
     run(["git", "init", "-q"], repo)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "init"], repo)
     run(["dvc", "repro"], repo)
     run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"], repo)
+    run(["git", "commit", "-qm", "repro"], repo)
     return repo
 
 

@@ -11,6 +11,7 @@ and the <|end|> that closes it (so it learns when to stop); everything else is c
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,20 +114,19 @@ def fit_conversation(
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
-    """Yield (line number, parsed JSON) for each non-blank line; a bad line raises ValueError
-    carrying its line number as `e.lineno`-style text. Tolerates a UTF-8 BOM and CRLF."""
-    path = Path(path)
-    with open(path, encoding="utf-8-sig", newline=None) as f:
-        lineno = 0
-        while True:
-            lineno += 1
+    """Yield (line number, parsed JSON or _BadLine) for each non-blank line.
+
+    Each line is decoded on its own, so a bad byte is reported on its own line and the lines
+    around it still parse. A UTF-8 BOM and CRLF line endings are accepted."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
             try:
-                line = f.readline()
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield lineno, _BadLine(f"not valid UTF-8 ({e.reason} at byte {e.start})")
-                return
-            if not line:
-                return
+                yield lineno, _BadLine(f"not valid UTF-8 ({e.reason} at column {e.start + 1})")
+                continue
             if not line.strip():
                 continue
             try:

@@ -7,7 +7,6 @@ weights_only=True)` can read it: a crafted pickle that tries to execute code is 
 from __future__ import annotations
 
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ from xinslm.model import ModelConfig, NanoChatModel
 from xinslm.tokens import atomic_file
 
 FORMAT = "xinslm-checkpoint-1"
+REQUIRED = ("format", "model", "model_config", "tokenizer", "step")
 
 
 def save_checkpoint(path: str | Path, **contents: object) -> None:
@@ -32,15 +32,21 @@ def load_checkpoint(path: str | Path, tokenizer: dict | None = None) -> dict:
         raise XinslmError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0]
-        raise XinslmError(f"{path}: refused to load (not a plain checkpoint: {first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+    except pickle.UnpicklingError:
+        # weights_only refuses anything but tensors and plain values: a corrupt file, or one
+        # holding objects that would run code when unpickled. Nothing from it was executed.
         raise XinslmError(
-            f"{path}: unreadable or truncated checkpoint ({e})".splitlines()[0]
+            f"{path}: refused to load: not a plain xinslm checkpoint "
+            "(corrupt, or holding objects that would run code on load)"
         ) from None
+    except Exception as e:  # torch raises many kinds on a truncated or garbled file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise XinslmError(f"{path}: unreadable or truncated checkpoint ({first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise XinslmError(f"{path}: not an xinslm checkpoint")
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise XinslmError(f"{path}: incomplete checkpoint (missing {', '.join(missing)})")
     if tokenizer is not None:
         have = ckpt["tokenizer"]
         for key in ("name", "vocab_size", "special"):

@@ -7,6 +7,7 @@ gets dataclasses back, so no script digs through raw dicts and every error names
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +101,9 @@ class TrainParams:
         _in_range("min_lr_frac", self.min_lr_frac, 0.0, 1.0)
         _in_range("beta1", self.beta1, 0.0, 1.0)
         _in_range("beta2", self.beta2, 0.0, 1.0)
-        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+        if not all(
+            0 <= v < math.inf for v in (self.warmup_steps, self.weight_decay, self.grad_clip)
+        ):
             raise ValueError("warmup_steps, weight_decay and grad_clip must be >= 0")
         if self.device not in ("auto", "cpu", "mps") and not self.device.startswith("cuda"):
             raise ValueError(f"device: '{self.device}' is not auto, cpu, mps or cuda[:N]")
@@ -117,12 +120,12 @@ SECTIONS: dict[str, type] = {
 
 
 def _positive(key: str, value: float) -> None:
-    if value <= 0:
+    if not (0 < value < math.inf):  # also refuses NaN and infinity
         raise ValueError(f"{key}: must be > 0, got {value}")
 
 
 def _in_range(key: str, value: float, lo: float, hi: float) -> None:
-    if not lo <= value <= hi:
+    if not lo <= value <= hi:  # False for NaN too
         raise ValueError(f"{key}: must be between {lo} and {hi}, got {value}")
 
 
@@ -135,7 +138,7 @@ def _check_type(key: str, value: object, hint: object) -> object:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint is int and isinstance(value, bool) or not isinstance(value, hint):  # type: ignore[arg-type]
+    if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):  # type: ignore[arg-type]
         name = getattr(hint, "__name__", str(hint))
         raise ValueError(f"{key}: expected {name}, got {type(value).__name__} {value!r}")
     return value

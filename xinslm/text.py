@@ -53,10 +53,11 @@ def read_text_chunks(
                 not line or line_split != split or sum(map(len, pending)) >= chunk_bytes
             ):
                 data = b"".join(pending)
+                held = decoder.getstate()[0]  # bytes of a character cut by the last chunk
                 try:
                     text = decoder.decode(data, final=line_split != split or not line)
                 except UnicodeDecodeError as e:
-                    start = offset - len(data) + e.start
+                    start = offset - len(data) - len(held) + e.start
                     raise XinslmError(
                         f"{path}: not valid UTF-8 at byte {start} ({e.reason})"
                     ) from None

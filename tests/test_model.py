@@ -1,0 +1,142 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xinslm.model import (
+    CausalSelfAttention,
+    ModelConfig,
+    NanoChatModel,
+    apply_rotary,
+    norm,
+    rotary_tables,
+)
+
+TINY = dict(vocab_size=261, context_len=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)
+
+
+def tiny_model(**overrides):
+    torch.manual_seed(0)
+    return NanoChatModel(ModelConfig(**{**TINY, **overrides}))
+
+
+@torch.no_grad()
+def randomize_projections(model):
+    """The init zeroes every output projection; give them weights so attention shows."""
+    for block in model.blocks:
+        torch.nn.init.normal_(block.attn.c_proj.weight, std=0.1)
+        torch.nn.init.normal_(block.mlp.c_proj.weight, std=0.1)
+
+
+def test_gqa_shapes():
+    model = tiny_model()
+    attn = model.blocks[0].attn
+    assert attn.c_q.weight.shape == (64, 64)
+    assert attn.c_k.weight.shape == (32, 64)
+    assert attn.c_v.weight.shape == (32, 64)
+    logits, loss = model(torch.randint(0, 261, (3, 10)))
+    assert logits.shape == (3, 10, 261)
+    assert loss is None
+
+
+def test_plain_multi_head_attention_works_too():
+    model = tiny_model(n_kv_head=4)
+    assert model.blocks[0].attn.c_k.weight.shape == (64, 64)
+    logits, _ = model(torch.randint(0, 261, (2, 7)))
+    assert logits.shape == (2, 7, 261)
+
+
+def reference_attention(attn, x, cos, sin):
+    """Attention written out by hand: each k/v head repeated for its group of query heads."""
+    B, T, C = x.shape
+    H, KV, D = attn.n_head, attn.n_kv_head, C // attn.n_head
+    q = norm(apply_rotary(attn.c_q(x).view(B, T, H, D), cos, sin)).transpose(1, 2)
+    k = norm(apply_rotary(attn.c_k(x).view(B, T, KV, D), cos, sin)).transpose(1, 2)
+    v = attn.c_v(x).view(B, T, KV, D).transpose(1, 2)
+    k, v = k.repeat_interleave(H // KV, dim=1), v.repeat_interleave(H // KV, dim=1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(D)
+    future = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+    weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    return attn.c_proj((weights @ v).transpose(1, 2).reshape(B, T, C))
+
+
+@pytest.mark.parametrize("n_kv_head", [1, 2, 4])
+def test_attention_matches_repeated_kv_reference(n_kv_head):
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(ModelConfig(n_head=4, n_kv_head=n_kv_head, n_embd=64))
+    x = torch.randn(2, 9, 64)
+    cos, sin = rotary_tables(9, 16, 10000.0)
+    with torch.no_grad():
+        got = attn(x, cos, sin)
+        want = reference_attention(attn, x, cos, sin)
+    assert got.shape == (2, 9, 64)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_softcap_bounds_the_logits():
+    model = tiny_model(logit_softcap=2.0)
+    model.lm_head.weight *= 1000
+    logits, _ = model(torch.randint(0, 261, (2, 16)))
+    assert logits.abs().max() <= 2.0
+    assert logits.abs().max() > 1.9
+
+
+@torch.no_grad()
+def test_loss_ignores_minus_100_targets():
+    model = tiny_model()
+    randomize_projections(model)
+    input_ids = torch.randint(0, 261, (2, 8))
+    targets = torch.randint(0, 261, (2, 8))
+    targets[0, :5] = -100
+    targets[1, 6] = -100
+    logits, loss = model(input_ids, targets)
+    keep = targets != -100
+    log_probs = logits.log_softmax(dim=-1)[keep]
+    want = -log_probs.gather(1, targets[keep][:, None]).mean()
+    assert keep.sum() == 10
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(loss, F.cross_entropy(logits[keep], targets[keep]))
+
+
+@torch.no_grad()
+def test_loss_with_no_targets_is_zero():
+    model = tiny_model()
+    _, loss = model(torch.randint(0, 261, (2, 8)), torch.full((2, 8), -100))
+    assert loss.item() == 0.0
+
+
+@torch.no_grad()
+def test_future_tokens_do_not_change_earlier_logits():
+    model = tiny_model()
+    randomize_projections(model)
+    a = torch.randint(0, 261, (1, 12))
+    b = a.clone()
+    b[0, 6] = (a[0, 6] + 1) % 261
+    logits_a, _ = model(a)
+    logits_b, _ = model(b)
+    torch.testing.assert_close(logits_a[:, :6], logits_b[:, :6], atol=1e-6, rtol=0)
+    assert not torch.allclose(logits_a[:, 7:], logits_b[:, 7:], atol=1e-4)
+
+
+def test_tiny_model_overfits_one_batch():
+    model = tiny_model()
+    torch.manual_seed(1)
+    batch = torch.randint(0, 261, (4, 33))
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    _, first = model(inputs, targets)
+    assert abs(first.item() - math.log(261)) < 0.05
+    for _ in range(150):
+        _, loss = model(inputs, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.1
+
+
+def test_longer_than_context_is_refused():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="sequence of 33 tokens exceeds context_len 32"):
+        model(torch.zeros(1, 33, dtype=torch.int64))

@@ -1,0 +1,208 @@
+import json
+import re
+
+import numpy as np
+import pytest
+from conftest import dot_entries
+
+from xinslm.errors import XinslmError
+from xinslm.text import pack_blocks, tokenize_text
+from xinslm.tokenizer import ByteTokenizer
+from xinslm.tokens import ArrayWriter, open_array, read_meta, token_dtype, write_meta
+
+BYTE = ByteTokenizer()
+BOS = 256
+
+
+def arrays(out):
+    meta = read_meta(out, "tokens", BYTE.identity())
+    return open_array(out, meta, "train").tolist(), open_array(out, meta, "val").tolist()
+
+
+# --- tokenize_text -----------------------------------------------------------------------
+
+
+def test_tokenize_text_splits_at_the_next_line_start(tmp_path):
+    text = "ab\ncd\nef\ngh\n"  # 12 bytes; val_fraction 0.4 puts the split at byte 8, inside "ef\n"
+    src = tmp_path / "input.txt"
+    src.write_text(text)
+    out = tmp_path / "tokens"
+    tokenize_text(src, BYTE, out, val_fraction=0.4)
+    train, val = arrays(out)
+    assert train == [BOS, *b"ab\ncd\nef\n"]
+    assert val == [BOS, *b"gh\n"]
+    assert BYTE.decode(train[1:]) + BYTE.decode(val[1:]) == text
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["kind"] == "tokens"
+    assert meta["text_bytes"] == {"train": 9, "val": 3}
+    assert meta["documents"] == {"train": 1, "val": 1}
+    assert meta["arrays"]["train"] == {"file": "train.bin", "dtype": "uint16", "shape": [10]}
+    assert meta["arrays"]["val"] == {"file": "val.bin", "dtype": "uint16", "shape": [4]}
+    assert meta["tokenizer"] == {"name": "byte", "vocab_size": 261, "special": BYTE.special}
+    assert dot_entries(tmp_path) == []
+
+
+def test_tiny_chunks_give_the_same_tokens(tmp_path):
+    text = "first\n" + "a long line with é and 日本, é日本é, longer than chunks\n" + "x\nlast"
+    src = tmp_path / "input.txt"
+    src.write_text(text)
+    whole = tokenize_text(src, BYTE, tmp_path / "whole", val_fraction=0.2)
+    chunked = tokenize_text(src, BYTE, tmp_path / "chunked", val_fraction=0.2, chunk_bytes=7)
+    assert arrays(tmp_path / "chunked") == arrays(tmp_path / "whole")
+    assert chunked == whole
+    train, val = arrays(tmp_path / "whole")
+    assert BYTE.decode(val) == "<|bos|>x\nlast"
+    assert BYTE.decode(train[1:]) + BYTE.decode(val[1:]) == text
+
+
+def test_directory_input_is_one_document_per_txt_file(tmp_path):
+    src = tmp_path / "corpus"
+    src.mkdir()
+    (src / "b.txt").write_text("bee\n")
+    (src / "a.txt").write_text("ay\n")
+    (src / "notes.md").write_text("ignored\n")
+    meta = tokenize_text(src, BYTE, tmp_path / "tokens", val_fraction=0.0)
+    train, val = arrays(tmp_path / "tokens")
+    assert train == [BOS, *b"ay\n", BOS, *b"bee\n"]
+    assert val == []
+    assert meta["documents"] == {"train": 2, "val": 0}
+    assert [s["path"] for s in meta["sources"]] == [str(src / "a.txt"), str(src / "b.txt")]
+
+
+def _empty_file(tmp_path):
+    (tmp_path / "in.txt").write_text("")
+    return tmp_path / "in.txt", f"{tmp_path / 'in.txt'}: file is empty"
+
+
+def _missing(tmp_path):
+    return tmp_path / "in.txt", f"{tmp_path / 'in.txt'}: text input not found"
+
+
+def _no_txt(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.md").write_text("text\n")
+    return tmp_path / "in", f"{tmp_path / 'in'}: directory holds no .txt files"
+
+
+def _bad_utf8(tmp_path):
+    (tmp_path / "in.txt").write_bytes(b"hello\nwor\xffld\n")
+    return tmp_path / "in.txt", f"{tmp_path / 'in.txt'}: not valid UTF-8 at byte 9 ("
+
+
+@pytest.mark.parametrize("make", [_empty_file, _missing, _no_txt, _bad_utf8])
+def test_tokenize_text_errors_leave_no_output(tmp_path, make):
+    src, problem = make(tmp_path)
+    out = tmp_path / "tokens"
+    with pytest.raises(XinslmError, match=re.escape(problem)):
+        tokenize_text(src, BYTE, out, val_fraction=0.1)
+    assert not out.exists()
+    assert dot_entries(tmp_path) == []
+
+
+def test_bad_utf8_offset_across_a_chunk_boundary(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"abcdef\xc3Axxxxxxx\n")  # byte 6 starts a 2-byte sequence 'A' cannot end
+    with pytest.raises(XinslmError, match=re.escape(f"{src}: not valid UTF-8 at byte 6 (")):
+        tokenize_text(src, BYTE, tmp_path / "tokens", val_fraction=0.0, chunk_bytes=7)
+
+
+# --- token arrays ------------------------------------------------------------------------
+
+
+def test_token_dtype():
+    assert token_dtype(261) == np.uint16
+    assert token_dtype(65536) == np.uint16
+    assert token_dtype(65537) == np.uint32
+
+
+@pytest.mark.parametrize(
+    "dtype, values", [("uint16", [0, 1, 65534, 65535]), ("uint32", [0, 65536, 100_000, 2**32 - 1])]
+)
+def test_array_round_trip(tmp_path, dtype, values):
+    writer = ArrayWriter(tmp_path / "a.bin", np.dtype(dtype))
+    writer.write(values[:2])
+    writer.write(np.asarray(values[2:], dtype=np.int64))
+    meta = {"arrays": {"a": writer.close()}}
+    assert meta["arrays"]["a"] == {"file": "a.bin", "dtype": dtype, "shape": [4]}
+    back = open_array(tmp_path, meta, "a")
+    assert back.dtype == np.dtype(dtype)
+    assert back.tolist() == values
+
+
+def test_array_writer_refuses_out_of_range(tmp_path):
+    writer = ArrayWriter(tmp_path / "a.bin", np.uint16)
+    with pytest.raises(XinslmError, match=re.escape("a.bin: value out of range for uint16")):
+        writer.write([65536])
+    writer.close()
+
+
+def test_open_array_refuses_wrong_size(tmp_path):
+    writer = ArrayWriter(tmp_path / "a.bin", np.uint16)
+    writer.write([1, 2, 3])
+    meta = {"arrays": {"a": {**writer.close(), "shape": [4]}}}
+    with pytest.raises(XinslmError, match=re.escape(f"{tmp_path / 'a.bin'}: size does not match")):
+        open_array(tmp_path, meta, "a")
+
+
+def test_read_meta_refuses_wrong_kind(tmp_path):
+    write_meta(tmp_path, {"kind": "blocks", "tokenizer": BYTE.identity()})
+    with pytest.raises(XinslmError, match="holds 'blocks' artifacts, expected 'tokens'"):
+        read_meta(tmp_path, "tokens")
+
+
+def test_read_meta_refuses_another_tokenizer(tmp_path):
+    write_meta(tmp_path, {"kind": "tokens", "tokenizer": BYTE.identity()})
+    other = {**BYTE.identity(), "vocab_size": 262}
+    with pytest.raises(XinslmError, match=re.escape("made with tokenizer vocab_size=261, but 262")):
+        read_meta(tmp_path, "tokens", other)
+    assert read_meta(tmp_path, "tokens", BYTE.identity())["kind"] == "tokens"
+
+
+# --- pack_blocks -------------------------------------------------------------------------
+
+
+def write_tokens(directory, train, val=()):
+    directory.mkdir()
+    arrays_meta = {}
+    for split, values in (("train", train), ("val", val)):
+        writer = ArrayWriter(directory / f"{split}.bin", np.uint16)
+        writer.write(list(values))
+        arrays_meta[split] = writer.close()
+    meta = {"kind": "tokens", "tokenizer": BYTE.identity(), "arrays": arrays_meta}
+    write_meta(directory, {**meta, "text_bytes": {"train": len(train), "val": len(val)}})
+
+
+def test_pack_blocks_overlap_by_one_token(tmp_path):
+    n, t = 23, 5
+    stream = list(range(n))
+    write_tokens(tmp_path / "tokens", stream, range(100, 107))
+    meta = pack_blocks(tmp_path / "tokens", tmp_path / "blocks", context_len=t)
+    blocks = open_array(tmp_path / "blocks", meta, "train")
+    assert blocks.shape == ((n - 1) // t, t + 1) == (4, 6)
+    for i, block in enumerate(blocks.tolist()):
+        assert block == stream[i * t : i * t + t + 1]
+    assert (blocks[1:, 0] == blocks[:-1, -1]).all()
+    assert sorted(blocks[:, 1:].ravel().tolist()) == list(range(1, 4 * t + 1))
+    assert open_array(tmp_path / "blocks", meta, "val").tolist() == [list(range(100, 106))]
+    assert meta["stats"]["train"] == {"blocks": 4, "tokens_used": 21}
+    assert meta["stats"]["val"] == {"blocks": 1, "tokens_used": 6}
+
+
+def test_pack_blocks_of_tokenized_text(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("hello world\n")
+    tokenize_text(src, BYTE, tmp_path / "tokens", val_fraction=0.0)
+    meta = pack_blocks(tmp_path / "tokens", tmp_path / "blocks", context_len=4)
+    blocks = open_array(tmp_path / "blocks", meta, "train").tolist()
+    assert blocks == [[BOS, *b"hell"], [*b"lo wo"], [*b"orld\n"]]
+    assert meta["tokenizer"] == BYTE.identity()
+
+
+def test_pack_blocks_too_short_stream(tmp_path):
+    write_tokens(tmp_path / "tokens", range(5))
+    out = tmp_path / "blocks"
+    problem = f"{tmp_path / 'tokens'}: 5 train tokens make no block of context_len+1 = 6"
+    with pytest.raises(XinslmError, match=re.escape(problem)):
+        pack_blocks(tmp_path / "tokens", out, context_len=5)
+    assert not out.exists()
+    assert dot_entries(tmp_path) == []
