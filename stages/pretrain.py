@@ -4,7 +4,7 @@ from dataclasses import asdict
 
 from xinslm.config import load_params
 from xinslm.data import BlockBatches, val_block_batches
-from xinslm.errors import run_main
+from xinslm.errors import XinslmError, run_main
 from xinslm.model import ModelConfig, NanoChatModel
 from xinslm.tokens import open_array, read_meta
 from xinslm.train import seed_everything, train_loop
@@ -15,6 +15,11 @@ BLOCKS, OUT, LIVE = "data/blocks", "checkpoints/base.pt", "dvclive/pretrain"
 def main() -> None:
     model_p, train_p = load_params("params.yaml", "model", "pretrain")
     meta = read_meta(BLOCKS, "blocks")
+    if meta["context_len"] != model_p.context_len:
+        raise XinslmError(
+            f"{BLOCKS} was packed for context_len {meta['context_len']}, but model.context_len "
+            f"is {model_p.context_len}: rerun pack (dvc repro)"
+        )
     train_blocks = open_array(BLOCKS, meta, "train")
     val_blocks = open_array(BLOCKS, meta, "val")
 

@@ -95,7 +95,7 @@ def test_tokenizer_mismatch_names_the_key(tmp_path):
     path = tmp_path / "ckpt.pt"
     save_tiny(path)
     other = {**BYTE, "name": "gpt2"}
-    problem = f"{path}: made with tokenizer name='byte', but the data uses 'gpt2'"
+    problem = f"{path}: made with tokenizer name='byte', but 'gpt2' is expected"
     with pytest.raises(XinslmError, match=re.escape(problem)):
         load_checkpoint(path, tokenizer=other)
     other = {**BYTE, "special": {**BYTE["special"], "<|end|>": 999}}

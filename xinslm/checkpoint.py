@@ -13,7 +13,7 @@ import torch
 
 from xinslm.errors import XinslmError
 from xinslm.model import ModelConfig, NanoChatModel
-from xinslm.tokens import atomic_file
+from xinslm.tokens import atomic_file, check_tokenizer
 
 FORMAT = "xinslm-checkpoint-1"
 REQUIRED = ("format", "model", "model_config", "tokenizer", "step")
@@ -48,13 +48,7 @@ def load_checkpoint(path: str | Path, tokenizer: dict | None = None) -> dict:
     if missing:
         raise XinslmError(f"{path}: incomplete checkpoint (missing {', '.join(missing)})")
     if tokenizer is not None:
-        have = ckpt["tokenizer"]
-        for key in ("name", "vocab_size", "special"):
-            if have.get(key) != tokenizer.get(key):
-                raise XinslmError(
-                    f"{path}: made with tokenizer {key}={have.get(key)!r}, "
-                    f"but the data uses {tokenizer.get(key)!r}"
-                )
+        check_tokenizer(path, ckpt["tokenizer"], tokenizer)
     return ckpt
 
 

@@ -18,18 +18,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from xinslm.config import ModelParams
+
 IGNORE_INDEX = -100
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(ModelParams):
+    """The model section of params.yaml, plus what comes from the data and fixed choices."""
+
     vocab_size: int = 261
-    context_len: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    n_kv_head: int = 2
-    n_embd: int = 128
-    logit_softcap: float = 15.0
     rope_base: float = 10000.0
 
     def to_dict(self) -> dict:

@@ -105,14 +105,18 @@ def read_meta(directory: str | Path, kind: str, tokenizer: dict | None = None) -
     if meta.get("kind") != kind:
         raise XinslmError(f"{path}: holds '{meta.get('kind')}' artifacts, expected '{kind}'")
     if tokenizer is not None:
-        have = meta.get("tokenizer", {})
-        for key in ("name", "vocab_size", "special"):
-            if have.get(key) != tokenizer.get(key):
-                raise XinslmError(
-                    f"{path}: made with tokenizer {key}={have.get(key)!r}, but "
-                    f"{tokenizer.get(key)!r} is expected; rerun the pipeline (dvc repro)"
-                )
+        check_tokenizer(path, meta.get("tokenizer", {}), tokenizer)
     return meta
+
+
+def check_tokenizer(source: str | Path, made_with: dict, expected: dict) -> None:
+    """Refuse an artifact or checkpoint made with another tokenizer, naming what differs."""
+    for key in ("name", "vocab_size", "special"):
+        if made_with.get(key) != expected.get(key):
+            raise XinslmError(
+                f"{source}: made with tokenizer {key}={made_with.get(key)!r}, but "
+                f"{expected.get(key)!r} is expected; rerun the pipeline (dvc repro)"
+            )
 
 
 def open_array(directory: str | Path, meta: dict, name: str) -> np.ndarray:
