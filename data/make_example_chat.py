@@ -1,6 +1,7 @@
 """Generate the bundled example chat dataset for xinslm.
 
-Writes ``example_data_chat.jsonl`` next to this script: 400 short conversations,
+Writes ``example_data_chat.jsonl`` next to this script: 400 short conversations (and 60
+held-out ones for val loss in ``example_data_chat_val.jsonl``),
 one JSON object per line of the form ``{"messages": [{"role": ..., "content": ...}]}``.
 The tasks are simple and regular (small arithmetic, spelling, opposites, capitals,
 colours, days of the week, small talk) so that a tiny model can partly learn them.
@@ -19,7 +20,9 @@ NUM_CONVERSATIONS = 400
 NUM_WITH_SYSTEM = 100  # about 25%
 NUM_MULTI_TURN = 120  # about 30%
 MAX_CHARS = 400
+NUM_VAL = 60
 OUTPUT_PATH = Path(__file__).resolve().parent / "example_data_chat.jsonl"
+VAL_OUTPUT_PATH = Path(__file__).resolve().parent / "example_data_chat_val.jsonl"
 
 Message = dict[str, str]
 Task = Callable[[random.Random], tuple[str, str]]
@@ -306,10 +309,12 @@ def make_conversation(rng: random.Random, with_system: bool, multi_turn: bool) -
             return messages
 
 
-def main() -> None:
-    rng = random.Random(0)
-    flags = [(i < NUM_WITH_SYSTEM, False) for i in range(NUM_CONVERSATIONS)]
-    multi_idx = rng.sample(range(NUM_CONVERSATIONS), NUM_MULTI_TURN)
+def write_conversations(path: Path, seed: int, n: int, n_system: int, n_multi: int) -> None:
+    """Write `n` conversations to `path`: `n_system` open with a system message and
+    `n_multi` have several exchanges, in an order fixed by `seed`."""
+    rng = random.Random(seed)
+    flags = [(i < n_system, False) for i in range(n)]
+    multi_idx = rng.sample(range(n), n_multi)
     for i in multi_idx:
         flags[i] = (flags[i][0], True)
     rng.shuffle(flags)
@@ -319,9 +324,15 @@ def main() -> None:
         messages = make_conversation(rng, with_system, multi_turn)
         lines.append(json.dumps({"messages": messages}, ensure_ascii=False))
 
-    with OUTPUT_PATH.open("w", encoding="utf-8", newline="\n") as f:
+    with path.open("w", encoding="utf-8", newline="\n") as f:
         f.write("\n".join(lines) + "\n")
-    print(f"wrote {len(lines)} conversations to {OUTPUT_PATH}")
+    print(f"wrote {len(lines)} conversations to {path}")
+
+
+def main() -> None:
+    write_conversations(OUTPUT_PATH, 0, NUM_CONVERSATIONS, NUM_WITH_SYSTEM, NUM_MULTI_TURN)
+    # Held-out conversations for val loss, drawn with another seed.
+    write_conversations(VAL_OUTPUT_PATH, 1, NUM_VAL, NUM_VAL // 4, NUM_VAL * 3 // 10)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Stage render-chat: chat JSONL -> data/chat token ids, learned-token mask, offsets, meta.json."""
+"""Stage render-chat: train and val chat JSONL -> data/chat ids, label mask, offsets, meta."""
 
 from xinslm.chat import render_chat
 from xinslm.config import load_params
@@ -13,10 +13,10 @@ def main() -> None:
     tokenizer = get_tokenizer(tok.name, tok.encodings_dir)
     meta = render_chat(
         chat.input,
+        chat.val_input,
         tokenizer,
         OUT,
         context_len=model.context_len,
-        val_fraction=chat.val_fraction,
         on_error=chat.on_error,
         overlong=chat.overlong,
     )

@@ -233,13 +233,19 @@ def _long(n):
     return {"messages": exchange("x" * n, "y")}
 
 
+def val_file(tmp_path):
+    """A held-out chat file with one good conversation."""
+    val = tmp_path / "val.jsonl"
+    val.write_text(jsonl(GOOD))
+    return val
+
+
 RENDER_CHAT_FAILURES = [
     ("malformed", jsonl(GOOD) + "{oops\n", {}, ":2: malformed JSON"),
     ("invalid", jsonl(GOOD, {"messages": [msg("user", "u")]}), {}, ":2: no assistant message"),
     ("empty", "", {}, ": no valid conversations"),
     ("missing", None, {}, ": chat file not found"),
     ("too long", jsonl(_long(50), _long(60)), {"context_len": 20}, ": every training conversation"),
-    ("no train", jsonl(GOOD, GOOD), {"val_fraction": 1.0}, ": no conversations left for training"),
 ]
 
 
@@ -253,21 +259,32 @@ def test_render_chat_failure_leaves_nothing(tmp_path, content, kwargs, problem):
     if content is not None:
         path.write_text(content)
     out = tmp_path / "chat"
-    args = {"context_len": 64, "val_fraction": 0.0, **kwargs}
+    args = {"context_len": 64, **kwargs}
     with pytest.raises(XinslmError, match=re.escape(f"{path}{problem}")):
-        render_chat(path, BYTE, out, **args)
+        render_chat(path, val_file(tmp_path), BYTE, out, **args)
     assert not out.exists()
     assert dot_entries(tmp_path) == []
+
+
+def test_render_chat_bad_val_file_names_it(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    path.write_text(jsonl(GOOD, GOOD))
+    val = tmp_path / "val.jsonl"
+    val.write_text(jsonl(GOOD) + "{oops\n")
+    out = tmp_path / "chat"
+    with pytest.raises(XinslmError, match=re.escape(f"{val}:2: malformed JSON")):
+        render_chat(path, val, BYTE, out, context_len=64)
+    assert not out.exists()
 
 
 def test_render_chat_failure_keeps_the_previous_output(tmp_path):
     path = tmp_path / "chat.jsonl"
     path.write_text(jsonl(GOOD, GOOD))
     out = tmp_path / "chat"
-    render_chat(path, BYTE, out, context_len=64, val_fraction=0.0)
+    render_chat(path, val_file(tmp_path), BYTE, out, context_len=64)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(XinslmError, match="every training conversation is longer"):
-        render_chat(path, BYTE, out, context_len=8, val_fraction=0.0)
+        render_chat(path, val_file(tmp_path), BYTE, out, context_len=8)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert dot_entries(tmp_path) == []
 
@@ -275,8 +292,8 @@ def test_render_chat_failure_keeps_the_previous_output(tmp_path):
 def test_render_chat_skip_records_the_skipped_lines(tmp_path):
     path = tmp_path / "chat.jsonl"
     path.write_text(jsonl(GOOD) + "[1, 2]\n" + jsonl(GOOD))
-    meta = render_chat(path, BYTE, tmp_path / "chat", 64, 0.0, on_error="skip")
-    assert meta["conversations"] == {"train": 2, "val": 0}
+    meta = render_chat(path, val_file(tmp_path), BYTE, tmp_path / "chat", 64, on_error="skip")
+    assert meta["conversations"] == {"train": 2, "val": 1}
     assert meta["skipped"] == 1
     assert meta["skipped_records"] == [f"{path}:2: expected a JSON object, got list"]
 
@@ -285,10 +302,11 @@ def test_render_chat_writes_consistent_arrays(tmp_path):
     records = [
         {"messages": [msg("system", f"sys {i}"), *exchange(f"q{i}", "a" * i)]} for i in range(10)
     ]
-    path = tmp_path / "chat.jsonl"
-    path.write_text(jsonl(*records))
+    path, val = tmp_path / "chat.jsonl", tmp_path / "val.jsonl"
+    path.write_text(jsonl(*records[:8]))
+    val.write_text(jsonl(*records[8:]))
     out = tmp_path / "chat"
-    render_chat(path, BYTE, out, context_len=64, val_fraction=0.2)
+    render_chat(path, val, BYTE, out, context_len=64)
     meta = read_meta(out, "chat", BYTE.identity())
     assert meta["conversations"] == {"train": 8, "val": 2}
     assert (meta["truncated"], meta["dropped"], meta["skipped"]) == (0, 0, 0)
@@ -318,9 +336,9 @@ def test_render_chat_overlong(tmp_path, overlong, truncated, dropped, train):
     path = tmp_path / "chat.jsonl"
     path.write_text(jsonl(short, multi_turn, single_long))
     out = tmp_path / "chat"
-    meta = render_chat(path, BYTE, out, context_len=30, val_fraction=0.0, overlong=overlong)
+    meta = render_chat(path, val_file(tmp_path), BYTE, out, context_len=30, overlong=overlong)
     assert (meta["truncated"], meta["dropped"]) == (truncated, dropped)
-    assert meta["conversations"] == {"train": train, "val": 0}
+    assert meta["conversations"] == {"train": train, "val": 1}
     ids = open_array(out, meta, "train_ids")
     offsets = open_array(out, meta, "train_offsets")
     assert ids[: offsets[1]].tolist() == render_conversation(short["messages"], BYTE)[0]

@@ -116,7 +116,8 @@ def test_context_len_edit_keeps_tokenize_text(clean: Path) -> None:
     ("changes", "expected"),
     [
         ({"pretrain": {"lr": 0.002}}, {"pretrain", "sft"}),
-        ({"chat": {"val_fraction": 0.2}}, {"render-chat", "sft"}),
+        ({"chat": {"overlong": "drop"}}, {"render-chat"}),  # nothing is too long: same output
+        ({"chat": {"input": "data/example_data_chat_val.jsonl"}}, {"render-chat", "sft"}),
         ({"text": {"val_fraction": 0.2}}, {"tokenize-text", "pack", "pretrain", "sft"}),
         ({"tokenizer": {"name": "gpt2", "encodings_dir": str(SHARED / "tiktoken")}}, ALL_STAGES),
     ],

@@ -24,6 +24,7 @@ def workdir(tmp_path: Path) -> Path:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "example_data_text.txt").write_text("Some text.\n" * 200)
     (tmp_path / "data" / "example_data_chat.jsonl").write_text(GOOD_CHAT * 10)
+    (tmp_path / "data" / "example_data_chat_val.jsonl").write_text(GOOD_CHAT * 2)
     return tmp_path
 
 
@@ -91,7 +92,7 @@ def test_bad_chat_record_skipped_when_asked(workdir: Path) -> None:
     set_param(workdir, "chat", "on_error", "skip")
     proc = run_stage("render-chat", workdir)
     assert proc.returncode == 0, proc.stderr
-    assert "render-chat: 8 train and 1 val conversations" in proc.stdout
+    assert "render-chat: 9 train and 2 val conversations" in proc.stdout
     assert "(1 skipped, 0 truncated, 0 dropped)" in proc.stdout
     assert "skipped data/example_data_chat.jsonl:3: malformed JSON" in proc.stdout
 

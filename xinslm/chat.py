@@ -174,31 +174,27 @@ def load_conversations(
 
 def render_chat(
     input_path: str | Path,
+    val_path: str | Path,
     tokenizer: Tokenizer,
     out_dir: str | Path,
     context_len: int,
-    val_fraction: float,
     on_error: str = "fail",
     overlong: str = "truncate",
 ) -> dict:
-    """Render a chat JSONL file into train/val token ids, learned-flags and offsets.
+    """Render the train and val chat JSONL files into token ids, learned-flags and offsets.
 
     Per split: `{split}_ids.bin` (token ids), `{split}_mask.bin` (uint8, 1 where the token is
     a learned target) and `{split}_offsets.bin` (int64, conversation i is
-    ids[offsets[i]:offsets[i+1]]). The last `val_fraction` of the valid records are val.
-    A conversation longer than context_len is cut back to whole turns (overlong='truncate')
-    or dropped ('drop'); the counts, and every skipped record, go into meta.json.
+    ids[offsets[i]:offsets[i+1]]). A conversation longer than context_len is cut back to
+    whole turns (overlong='truncate') or dropped ('drop'); the counts, and every skipped
+    record, go into meta.json.
     """
     from xinslm.tokens import ArrayWriter, atomic_dir, token_dtype, write_meta
 
-    conversations, skipped = load_conversations(input_path, on_error)
-    n_val = round(len(conversations) * val_fraction)
-    if val_fraction > 0 and len(conversations) >= 2:
-        n_val = max(1, n_val)
-    splits = {"train": conversations[: len(conversations) - n_val]}
-    splits["val"] = conversations[len(conversations) - n_val :]
-    if not splits["train"]:
-        raise XinslmError(f"{input_path}: no conversations left for training after the val split")
+    splits, skipped = {}, []
+    for split, path in (("train", input_path), ("val", val_path)):
+        splits[split], bad = load_conversations(path, on_error)
+        skipped += bad
     dtype = token_dtype(tokenizer.vocab_size)
     counts = {"truncated": 0, "dropped": 0}
     arrays, sizes = {}, {}
@@ -238,7 +234,7 @@ def render_chat(
             "skipped": len(skipped),
             "skipped_records": skipped[:100],
             **counts,
-            "source": str(input_path),
+            "sources": {"train": str(input_path), "val": str(val_path)},
         }
         write_meta(tmp, meta)
     return meta

@@ -66,12 +66,9 @@ class ModelParams:
 @dataclass
 class ChatParams:
     input: str = "data/example_data_chat.jsonl"
-    val_fraction: float = 0.1
+    val_input: str = "data/example_data_chat_val.jsonl"
     on_error: Literal["fail", "skip"] = "fail"
     overlong: Literal["truncate", "drop"] = "truncate"
-
-    def check(self) -> None:
-        _in_range("val_fraction", self.val_fraction, 0.0, 0.5)
 
 
 @dataclass
@@ -159,7 +156,8 @@ def parse_section(name: str, raw: object, source: str = "params.yaml"):
     try:
         values = {k: _check_type(k, v, hints[k]) for k, v in raw.items()}
         params = cls(**values)
-        params.check()
+        if hasattr(params, "check"):
+            params.check()
     except ValueError as e:
         raise XinslmError(f"{source}: {name}.{e}") from None
     return params
