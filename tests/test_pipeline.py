@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -17,13 +19,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("XINSLM_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
-ALL_STAGES = {"tokenize-text", "pack", "pretrain", "render-chat", "sft"}
+ALL_STAGES = {"tokenize-text", "pack", "pretrain", "render-chat", "sft", "evaluate"}
 
 # Small enough that the whole pipeline trains in seconds on two CPU cores.
 TINY = {
     "model": {"n_layer": 1, "n_head": 2, "n_kv_head": 1, "n_embd": 32},
     "pretrain": {"max_steps": 4, "batch_size": 4, "eval_every": 2, "eval_batches": 1},
     "sft": {"max_steps": 3, "batch_size": 4, "eval_every": 2, "eval_batches": 1},
+    "eval": {"max_new_tokens": 8, "prompts": ["What is 2 plus 3?"], "base_prompts": ["The"]},
 }
 
 
@@ -101,24 +104,28 @@ def test_repro_writes_checkpoints_and_then_has_nothing_to_do(repo: Path) -> None
 
 def test_sft_lr_edit_reruns_sft_only_and_params_diff_shows_it(clean: Path) -> None:
     edit_params(clean, {"sft": {"lr": 0.0005}})
-    assert stages_to_run(clean) == {"sft"}
-    assert stages_rerun(clean) == {"sft"}
+    assert stages_to_run(clean) == {"sft"}  # --dry lists what changed directly
+    assert stages_rerun(clean) == {"sft", "evaluate"}
     diff = json.loads(run(["dvc", "params", "diff", "--json"], clean).stdout)
     assert diff["params.yaml"] == {"sft.lr": {"old": 0.001, "new": 0.0005, "diff": -0.0005}}
 
 
 def test_context_len_edit_keeps_tokenize_text(clean: Path) -> None:
     edit_params(clean, {"model": {"context_len": 128}})
-    assert stages_rerun(clean) == {"pack", "pretrain", "render-chat", "sft"}
+    assert stages_rerun(clean) == {"pack", "pretrain", "render-chat", "sft", "evaluate"}
 
 
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({"pretrain": {"lr": 0.002}}, {"pretrain", "sft"}),
+        ({"pretrain": {"lr": 0.002}}, {"pretrain", "sft", "evaluate"}),
         ({"chat": {"overlong": "drop"}}, {"render-chat"}),  # nothing is too long: same output
-        ({"chat": {"input": "data/example_data_chat_val.jsonl"}}, {"render-chat", "sft"}),
-        ({"text": {"val_fraction": 0.2}}, {"tokenize-text", "pack", "pretrain", "sft"}),
+        (
+            {"chat": {"input": "data/example_data_chat_val.jsonl"}},
+            {"render-chat", "sft", "evaluate"},
+        ),
+        ({"eval": {"temperature": 0.0}}, {"evaluate"}),
+        ({"text": {"val_fraction": 0.2}}, ALL_STAGES - {"render-chat"}),
         ({"tokenizer": {"name": "gpt2", "encodings_dir": str(SHARED / "tiktoken")}}, ALL_STAGES),
     ],
 )
@@ -133,9 +140,10 @@ def test_param_edit_reruns_exactly(clean: Path, changes: dict, expected: set) ->
     ("module", "expected"),
     [
         # A stage whose code changed reruns; when its output comes out byte-identical (same
-        # inputs, deterministic code), DVC stops there: sft is skipped after render-chat.
-        ("xinslm/chat.py", {"render-chat"}),
-        ("xinslm/model.py", {"pretrain", "sft"}),
+        # inputs, deterministic code), DVC stops there: sft is skipped after render-chat, and
+        # evaluate after sft.
+        ("xinslm/chat.py", {"render-chat", "evaluate"}),
+        ("xinslm/model.py", {"pretrain", "sft", "evaluate"}),
         ("xinslm/text.py", {"tokenize-text", "pack"}),
         ("stages/sft.py", {"sft"}),
     ],
@@ -162,12 +170,22 @@ def test_sft_starts_from_base_checkpoint(repo: Path) -> None:
 
 
 def test_metrics_and_exp_run(repo: Path) -> None:
-    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
-    shown = json.dumps(metrics)
-    assert "dvclive/pretrain/metrics.json" in shown and "dvclive/sft/metrics.json" in shown
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    files = shown[""]["data"]
+    assert {"dvclive/pretrain/metrics.json", "dvclive/sft/metrics.json"} <= set(files)
+    ev = files["eval/metrics.json"]["data"]
+    assert set(ev) == {"base", "chat"}
+    assert set(ev["chat"]) == {"val_bpb", "val_loss", "assistant_val_loss"}
+    assert 0 < ev["base"]["val_bpb"] < 9  # a byte model that learned anything is below 8 bits
+
     run(["dvc", "exp", "run", "-S", "sft.max_steps=5", "-n", "five-steps"], repo)
     table = run(["dvc", "exp", "show", "--no-pager", "--csv"], repo).stdout
-    rows = [line for line in table.splitlines() if line.startswith("five-steps,")]
-    assert len(rows) == 1
-    header = table.splitlines()[0].split(",")
-    assert rows[0].split(",")[header.index("sft.max_steps")] == "5"
+    rows = {row["Experiment"] or row["rev"]: row for row in csv.DictReader(io.StringIO(table))}
+    five = rows["five-steps"]
+    (commit,) = [row for name, row in rows.items() if name not in ("workspace", "five-steps")]
+    assert (five["sft.max_steps"], commit["sft.max_steps"]) == ("5", "3")
+    for column in ("base.val_bpb", "chat.val_bpb", "chat.assistant_val_loss"):
+        assert five[column] and commit[column], column
+    # The experiment reran sft and evaluate only: same base model, another chat model.
+    assert five["base.val_bpb"] == commit["base.val_bpb"]
+    assert five["chat.assistant_val_loss"] != commit["chat.assistant_val_loss"]

@@ -21,8 +21,11 @@ REQUIRED = ("format", "model", "model_config", "tokenizer", "step")
 
 def save_checkpoint(path: str | Path, **contents: object) -> None:
     """Save `contents` (model, config, tokenizer, optimizer, step, params, ...) atomically."""
-    with atomic_file(path) as tmp:
-        torch.save({"format": FORMAT, **contents}, tmp)
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        # Saving through a file object names the archive inside "archive" rather than after
+        # the temporary file, so the same contents always give the same bytes (and DVC can
+        # see that a rerun changed nothing).
+        torch.save({"format": FORMAT, **contents}, f)
 
 
 def load_checkpoint(path: str | Path, tokenizer: dict | None = None) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -102,8 +102,35 @@ class TrainParams:
             0 <= v < math.inf for v in (self.warmup_steps, self.weight_decay, self.grad_clip)
         ):
             raise ValueError("warmup_steps, weight_decay and grad_clip must be >= 0")
-        if self.device not in ("auto", "cpu", "mps") and not self.device.startswith("cuda"):
-            raise ValueError(f"device: '{self.device}' is not auto, cpu, mps or cuda[:N]")
+        _check_device(self.device)
+
+
+def _check_device(device: str) -> None:
+    if device not in ("auto", "cpu", "mps") and not device.startswith("cuda"):
+        raise ValueError(f"device: '{device}' is not auto, cpu, mps or cuda[:N]")
+
+
+@dataclass
+class EvalParams:
+    batch_size: int = 16
+    prompts: list[str] = field(default_factory=lambda: ["What is 2 plus 3?"])
+    base_prompts: list[str] = field(default_factory=lambda: ["The river"])
+    max_new_tokens: int = 64
+    temperature: float = 0.8
+    top_k: int = 50
+    top_p: float = 0.95
+    seed: int = 0
+    device: str = "auto"
+
+    def check(self) -> None:
+        _positive("batch_size", self.batch_size)
+        _positive("max_new_tokens", self.max_new_tokens)
+        _positive("top_k", self.top_k)
+        if not 0 <= self.temperature < math.inf:
+            raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+        _check_device(self.device)
 
 
 SECTIONS: dict[str, type] = {
@@ -113,6 +140,7 @@ SECTIONS: dict[str, type] = {
     "chat": ChatParams,
     "pretrain": TrainParams,
     "sft": TrainParams,
+    "eval": EvalParams,
 }
 
 
@@ -128,6 +156,10 @@ def _in_range(key: str, value: float, lo: float, hi: float) -> None:
 
 def _check_type(key: str, value: object, hint: object) -> object:
     """Return `value` if it fits the field's type (an int is accepted as a float)."""
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{key}: expected a list of strings, got {value!r}")
+        return value
     if typing.get_origin(hint) is Literal:
         choices = typing.get_args(hint)
         if value not in choices:

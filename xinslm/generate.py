@@ -1,7 +1,8 @@
-"""Sampling from a trained model: temperature and top-k, a seed, a stop token.
+"""Sampling from a trained model: temperature, top-k, top-p, a seed, a stop token, KV cache.
 
-Each new token recomputes the whole (at most context_len) window; simple and exact, and fast
-enough for the small models this trains on a CPU.
+With the cache (the default) the prompt is fed through the model once and each new token
+costs one position; `use_cache=False` recomputes the whole sequence at every step, which
+gives the same tokens (the tests check it) and is kept as the reference.
 """
 
 from __future__ import annotations
@@ -10,7 +11,31 @@ from collections.abc import Iterator
 
 import torch
 
-from xinslm.model import NanoChatModel
+from xinslm.errors import XinslmError
+from xinslm.model import KVCache, NanoChatModel
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator,
+) -> int:
+    """Pick the next token id from last-position logits (vocab,); temperature 0 is greedy."""
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if top_k is not None and 0 < top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        # Drop a token once the likelier ones before it already cover top_p (keep at least one).
+        drop = sorted_probs.cumsum(0) - sorted_probs >= top_p
+        probs = probs.scatter(0, order, sorted_probs.masked_fill(drop, 0.0))
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 @torch.no_grad()
@@ -20,30 +45,29 @@ def generate(
     max_new_tokens: int = 200,
     temperature: float = 0.8,
     top_k: int | None = 50,
+    top_p: float | None = None,
     seed: int = 0,
     stop_id: int | None = None,
+    use_cache: bool = True,
 ) -> Iterator[int]:
-    """Yield new token ids one at a time until max_new_tokens or stop_id (not yielded).
-
-    temperature 0 is greedy decoding."""
+    """Yield new token ids one at a time until max_new_tokens, stop_id (not yielded), or the
+    model's context is full."""
+    context_len = model.config.context_len
+    if not prompt:
+        raise XinslmError("empty prompt: give at least one token (e.g. BOS)")
+    if len(prompt) >= context_len:
+        raise XinslmError(f"prompt of {len(prompt)} tokens fills the context ({context_len})")
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     ids = torch.tensor([prompt], dtype=torch.long, device=device)
-    for _ in range(max_new_tokens):
-        window = ids[:, -model.config.context_len :]
-        logits, _ = model(window)
-        logits = logits[0, -1]
-        if temperature == 0:
-            next_id = int(logits.argmax())
-        else:
-            logits = logits / temperature
-            if top_k is not None and top_k < logits.numel():
-                kth = torch.topk(logits, top_k).values[-1]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            probs = torch.softmax(logits, dim=-1)
-            next_id = int(torch.multinomial(probs, 1, generator=generator))
+    cache = KVCache(model.config, 1, device) if use_cache else None
+    logits, _ = model(ids, cache=cache)
+    for _ in range(min(max_new_tokens, context_len - len(prompt))):
+        next_id = sample_next(logits[0, -1], temperature, top_k, top_p, generator)
         if next_id == stop_id:
             return
         yield next_id
-        ids = torch.cat([ids, torch.tensor([[next_id]], device=device)], dim=1)
+        new = torch.tensor([[next_id]], device=device)
+        ids = torch.cat([ids, new], dim=1)
+        logits, _ = model(new, cache=cache) if use_cache else model(ids)

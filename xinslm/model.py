@@ -55,9 +55,32 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, so that generation feeds
+    only the new token through the model: prefill the prompt once, then one token per step.
+    Keys are stored after RoPE, at their absolute positions, with n_kv_head heads (GQA)."""
+
+    def __init__(self, config: ModelConfig, batch_size: int, device, dtype=torch.float32):
+        head_dim = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_kv_head, config.context_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0  # tokens already in the cache
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this layer's new k, v (B, H_kv, T, D); return all of them so far."""
+        end = self.pos + k.shape[2]
+        self.k[layer, :, :, self.pos : end] = k
+        self.v[layer, :, :, self.pos : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
+        self.layer = layer
         self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
         self.head_dim = config.n_embd // config.n_head
         self.c_q = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=False)
@@ -65,16 +88,27 @@ class CausalSelfAttention(nn.Module):
         self.c_v = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+        mask, causal = None, True
+        if cache is not None:
+            past = cache.pos
+            k, v = cache.update(self.layer, k, v)
+            if past > 0:  # new queries see every cached key and the new keys up to their own
+                causal = False
+                if T > 1:
+                    mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device)
+                    mask = mask.tril(diagonal=past)
         # enable_gqa lets each group of query heads read its shared k/v head without copies.
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.n_kv_head != self.n_head
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv_head != self.n_head
         )
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -90,13 +124,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(norm(x), cos, sin)
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(norm(x), cos, sin, cache)
         return x + self.mlp(norm(x))
 
 
@@ -105,7 +141,7 @@ class NanoChatModel(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         cos, sin = rotary_tables(
             config.context_len, config.n_embd // config.n_head, config.rope_base
@@ -131,19 +167,25 @@ class NanoChatModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(
-        self, input_ids: torch.Tensor, targets: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) and, given targets, the mean cross-entropy over the targets
-        that are not IGNORE_INDEX (-100)."""
+        that are not IGNORE_INDEX (-100). With a cache, input_ids continue the cached tokens."""
         T = input_ids.shape[1]
-        if T > self.config.context_len:
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.context_len:
             raise ValueError(
-                f"sequence of {T} tokens exceeds context_len {self.config.context_len}"
+                f"sequence of {start + T} tokens exceeds context_len {self.config.context_len}"
             )
         x = norm(self.wte(input_ids))
-        cos, sin = self.cos[:T], self.sin[:T]
+        cos, sin = self.cos[start : start + T], self.sin[start : start + T]
         for block in self.blocks:
-            x = block(x, cos, sin)
+            x = block(x, cos, sin, cache)
+        if cache is not None:
+            cache.pos += T
         logits = self.lm_head(norm(x)).float()
         cap = self.config.logit_softcap
         logits = cap * torch.tanh(logits / cap)

@@ -94,6 +94,10 @@ class Tokenizer:
     def end_id(self) -> int:
         return self.special["<|end|>"]
 
+    def token_byte_lengths(self) -> list[int]:
+        """UTF-8 bytes each id stands for on its own; 0 for special tokens (they are no text)."""
+        raise NotImplementedError
+
     def identity(self) -> dict:
         """What a token artifact or checkpoint records, so readers can refuse a mismatch."""
         return {"name": self.name, "vocab_size": self.vocab_size, "special": dict(self.special)}
@@ -110,6 +114,9 @@ class ByteTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
+
+    def token_byte_lengths(self) -> list[int]:
+        return [1] * 256 + [0] * len(SPECIAL_TOKENS)
 
     def decode(self, ids: list[int]) -> str:
         out, buf = [], bytearray()
@@ -149,6 +156,7 @@ class TiktokenTokenizer(Tokenizer):
         self.name = name
         self.special = {tok: base + i for i, tok in enumerate(SPECIAL_TOKENS)}
         self.vocab_size = base + len(SPECIAL_TOKENS)
+        self._special_ids = {*own_special.values(), *self.special.values()}
         self._enc = tiktoken.Encoding(
             name=f"xinslm-{name}",
             pat_str=pattern,
@@ -164,6 +172,18 @@ class TiktokenTokenizer(Tokenizer):
 
     def decode(self, ids: list[int]) -> str:
         return self._enc.decode(ids)
+
+    def token_byte_lengths(self) -> list[int]:
+        lengths = []
+        for i in range(self.vocab_size):
+            if i in self._special_ids:
+                lengths.append(0)
+                continue
+            try:
+                lengths.append(len(self._enc.decode_single_token_bytes(i)))
+            except KeyError:  # an id the encoding leaves unused
+                lengths.append(0)
+        return lengths
 
 
 def get_tokenizer(name: str, encodings_dir: str | Path = "../shared/data/tiktoken") -> Tokenizer:
