@@ -1,4 +1,10 @@
-"""The `xinslm` command: look inside a checkpoint, continue text, ask the chat model once."""
+"""The `xinslm` command: chat with the trained model, continue text, look inside a checkpoint.
+
+xinslm chat                      interactive multi-turn chat (checkpoints/chat.pt)
+xinslm chat -p "Hi!"             answer one message and exit
+xinslm sample --prompt "Once"    continue text with the base model (checkpoints/base.pt)
+xinslm info checkpoints/chat.pt  config, step, tokenizer and losses of a checkpoint
+"""
 
 from __future__ import annotations
 
@@ -8,43 +14,100 @@ import sys
 
 from xinslm.errors import XinslmError, run_main
 
+HELP_LINE = "/reset clears the conversation, /exit (or Ctrl-D) quits"
+
 
 def _load(path: str, encodings_dir: str):
     from xinslm.checkpoint import load_checkpoint, model_from_checkpoint
     from xinslm.tokenizer import get_tokenizer
+    from xinslm.tokens import check_tokenizer
 
     ckpt = load_checkpoint(path)
     tokenizer = get_tokenizer(ckpt["tokenizer"]["name"], encodings_dir)
-    if tokenizer.identity() != ckpt["tokenizer"]:
-        raise XinslmError(f"{path}: its tokenizer does not match '{tokenizer.name}' as loaded now")
+    check_tokenizer(path, ckpt["tokenizer"], tokenizer.identity())
     return ckpt, model_from_checkpoint(ckpt), tokenizer
 
 
-def cmd_info(args: argparse.Namespace) -> None:
-    from xinslm.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(args.checkpoint)
-    shown = {k: ckpt.get(k) for k in ("stage", "step", "model_config", "summary", "train_params")}
-    shown["tokenizer"] = {k: ckpt["tokenizer"][k] for k in ("name", "vocab_size")}
-    shown["parameters"] = sum(t.numel() for t in ckpt["model"].values())
-    print(json.dumps(shown, indent=2))
-
-
-def _stream(model, tokenizer, prompt_ids: list[int], args, stop_id: int | None) -> None:
-    from xinslm.generate import generate
+def _stream(model, tokenizer, prompt_ids: list[int], args, stop_id: int) -> str:
+    """Generate after prompt_ids, printing text as it comes; return all of it."""
+    from xinslm import generate
 
     new: list[int] = []
     printed = ""
-    for token in generate(
-        model, prompt_ids, args.max_new_tokens, args.temperature, args.top_k, args.seed, stop_id
-    ):
+    tokens = generate.generate(
+        model,
+        prompt_ids,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop_id=stop_id,
+    )
+    for token in tokens:
         new.append(token)
         text = tokenizer.decode(new)
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             sys.stdout.write(text[len(printed) :])
             sys.stdout.flush()
             printed = text
-    print()
+    text = tokenizer.decode(new)
+    sys.stdout.write(text[len(printed) :] + "\n")
+    sys.stdout.flush()
+    return text
+
+
+def _fit_history(conversation: list[dict], tokenizer, context_len: int, room: int) -> list[dict]:
+    """Drop the oldest exchanges (keeping a system message) until the prompt leaves `room`
+    tokens for the reply."""
+    from xinslm.chat import render_prompt
+
+    while len(render_prompt(conversation, tokenizer)) > context_len - room:
+        first = 1 if conversation[0]["role"] == "system" else 0
+        if len(conversation) - first <= 1:
+            raise XinslmError(f"the message does not fit the model's context ({context_len})")
+        del conversation[first : first + 2]
+        print("(dropped the oldest exchange to fit the context)", file=sys.stderr)
+    return conversation
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from xinslm.chat import render_prompt
+
+    ckpt, model, tokenizer = _load(args.checkpoint, args.encodings_dir)
+    context_len = model.config.context_len
+    room = min(args.max_new_tokens, context_len // 2)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    if args.prompt is not None:
+        conversation = _fit_history(
+            [*system, {"role": "user", "content": args.prompt}], tokenizer, context_len, room
+        )
+        _stream(model, tokenizer, render_prompt(conversation, tokenizer), args, tokenizer.end_id)
+        return
+
+    print(f"xinslm chat with {args.checkpoint} (step {ckpt['step']}); {HELP_LINE}")
+    conversation = list(system)
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            print()
+            return
+        message = line.strip()
+        if message in ("/exit", "/quit"):
+            return
+        if message == "/reset":
+            conversation = list(system)
+            print("(conversation cleared)")
+            continue
+        if not message:
+            continue
+        conversation.append({"role": "user", "content": message})
+        conversation = _fit_history(conversation, tokenizer, context_len, room)
+        sys.stdout.write("assistant> ")
+        prompt = render_prompt(conversation, tokenizer)
+        reply = _stream(model, tokenizer, prompt, args, tokenizer.end_id)
+        conversation.append({"role": "assistant", "content": reply})
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -54,45 +117,58 @@ def cmd_sample(args: argparse.Namespace) -> None:
     _stream(model, tokenizer, prompt_ids, args, stop_id=tokenizer.bos_id)
 
 
-def cmd_chat(args: argparse.Namespace) -> None:
-    from xinslm.chat import render_prompt
+def cmd_info(args: argparse.Namespace) -> None:
+    from xinslm.checkpoint import load_checkpoint
 
-    _, model, tokenizer = _load(args.checkpoint, args.encodings_dir)
-    conversation = [{"role": "system", "content": args.system}] if args.system else []
-    conversation.append({"role": "user", "content": args.prompt})
-    _stream(model, tokenizer, render_prompt(conversation, tokenizer), args, tokenizer.end_id)
+    ckpt = load_checkpoint(args.checkpoint)
+    shown = {k: ckpt.get(k) for k in ("stage", "step", "model_config", "summary", "train_params")}
+    shown["tokenizer"] = {k: ckpt["tokenizer"].get(k) for k in ("name", "vocab_size")}
+    shown["parameters"] = sum(t.numel() for t in ckpt["model"].values())
+    print(json.dumps(shown, indent=2))
+
+
+def _sampling_args(p: argparse.ArgumentParser, default_checkpoint: str) -> None:
+    p.add_argument("--checkpoint", default=default_checkpoint, help="checkpoint to load")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per reply at most")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy decoding")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument(
+        "--encodings-dir",
+        default="../shared/data/tiktoken",
+        help="folder of .tiktoken files (tiktoken tokenizers only)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xinslm", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="xinslm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    info = sub.add_parser("info", help="print a checkpoint's config, step, tokenizer and params")
-    info.add_argument("checkpoint", help="e.g. checkpoints/base.pt")
-    info.set_defaults(func=cmd_info)
+    chat = sub.add_parser(
+        "chat",
+        help="chat with the SFT model",
+        description=f"Chat with a model in the terminal; {HELP_LINE}. With -p, answer once.",
+    )
+    _sampling_args(chat, "checkpoints/chat.pt")
+    chat.add_argument("-p", "--prompt", help="answer this one message and exit")
+    chat.add_argument("--system", default="", help="a system message that opens the chat")
+    chat.set_defaults(func=cmd_chat)
 
-    def sampling(p: argparse.ArgumentParser, default_checkpoint: str) -> None:
-        p.add_argument("--checkpoint", default=default_checkpoint, help="checkpoint to load")
-        p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate")
-        p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy decoding")
-        p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest")
-        p.add_argument("--seed", type=int, default=0, help="sampling seed")
-        p.add_argument(
-            "--encodings-dir",
-            default="../shared/data/tiktoken",
-            help="folder of .tiktoken files (tiktoken tokenizers only)",
-        )
-
-    sample = sub.add_parser("sample", help="continue a text prompt with a (base) model")
-    sampling(sample, "checkpoints/base.pt")
+    sample = sub.add_parser(
+        "sample", help="continue text with the base model", description="Continue a text prompt."
+    )
+    _sampling_args(sample, "checkpoints/base.pt")
     sample.add_argument("--prompt", default="", help="text to continue")
     sample.set_defaults(func=cmd_sample)
 
-    chat = sub.add_parser("chat", help="answer one message with the chat model")
-    sampling(chat, "checkpoints/chat.pt")
-    chat.add_argument("-p", "--prompt", required=True, help="the user's message")
-    chat.add_argument("--system", default="", help="an optional system message")
-    chat.set_defaults(func=cmd_chat)
+    info = sub.add_parser(
+        "info", help="describe a checkpoint", description="Print a checkpoint's config and losses."
+    )
+    info.add_argument("checkpoint", help="e.g. checkpoints/chat.pt")
+    info.set_defaults(func=cmd_info)
     return parser
 
 
