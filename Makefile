@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PIP_ARGS ?=
+CHAT_PROMPT ?= What is 2 plus 3?
 BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 
@@ -19,6 +20,8 @@ $(BIN)/.installed: pyproject.toml Makefile
 
 run: $(BIN)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
+	@echo; echo "user> $(CHAT_PROMPT)"; printf "assistant> "
+	@$(BIN)/xinslm chat -p "$(CHAT_PROMPT)" --temperature 0 --max-new-tokens 64
 
 test: $(BIN)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" python -m pytest

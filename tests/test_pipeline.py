@@ -107,7 +107,7 @@ def test_sft_lr_edit_reruns_sft_only_and_params_diff_shows_it(clean: Path) -> No
     assert stages_to_run(clean) == {"sft"}  # --dry lists what changed directly
     assert stages_rerun(clean) == {"sft", "evaluate"}
     diff = json.loads(run(["dvc", "params", "diff", "--json"], clean).stdout)
-    assert diff["params.yaml"] == {"sft.lr": {"old": 0.001, "new": 0.0005, "diff": -0.0005}}
+    assert diff["params.yaml"] == {"sft.lr": {"old": 0.002, "new": 0.0005, "diff": -0.0015}}
 
 
 def test_context_len_edit_keeps_tokenize_text(clean: Path) -> None:

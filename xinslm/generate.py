@@ -63,11 +63,14 @@ def generate(
     ids = torch.tensor([prompt], dtype=torch.long, device=device)
     cache = KVCache(model.config, 1, device) if use_cache else None
     logits, _ = model(ids, cache=cache)
-    for _ in range(min(max_new_tokens, context_len - len(prompt))):
+    steps = min(max_new_tokens, context_len - len(prompt))
+    for step in range(steps):
         next_id = sample_next(logits[0, -1], temperature, top_k, top_p, generator)
         if next_id == stop_id:
             return
         yield next_id
+        if step == steps - 1:  # the last token needs no forward pass of its own
+            return
         new = torch.tensor([[next_id]], device=device)
         ids = torch.cat([ids, new], dim=1)
         logits, _ = model(new, cache=cache) if use_cache else model(ids)
