@@ -85,6 +85,7 @@ class TrainParams:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    log_every: int = 10
     eval_every: int = 50
     eval_batches: int = 8
     seed: int = 1337
@@ -92,7 +93,14 @@ class TrainParams:
     compile: bool = False
 
     def check(self) -> None:
-        for key in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches"):
+        for key in (
+            "max_steps",
+            "batch_size",
+            "grad_accum",
+            "log_every",
+            "eval_every",
+            "eval_batches",
+        ):
             _positive(key, getattr(self, key))
         _positive("lr", self.lr)
         _in_range("min_lr_frac", self.min_lr_frac, 0.0, 1.0)

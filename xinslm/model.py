@@ -78,7 +78,7 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int) -> None:
+    def __init__(self, config: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.layer = layer
         self.n_head, self.n_kv_head = config.n_head, config.n_kv_head

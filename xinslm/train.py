@@ -21,8 +21,6 @@ from xinslm.data import Batch
 from xinslm.errors import XinslmError
 from xinslm.model import NanoChatModel
 
-LOG_EVERY = 10  # steps between reads of the train loss (each read waits for the device)
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -88,22 +86,25 @@ def train_loop(
     val_batches: Callable[[], Iterator[Batch]] | None,
     params: TrainParams,
     out_path: str | Path,
-    live_dir: str | Path,
+    live_dir: str | Path | None,
     checkpoint_extra: dict,
     desc: str = "train",
 ) -> dict:
     """Train `model` for params.max_steps optimizer steps and save the checkpoint to out_path.
 
-    Logs train loss, val loss, lr and tokens/s to dvclive in `live_dir`; returns the summary
-    (final train and val loss, tokens seen, seconds).
+    Logs train loss, val loss, lr and tokens/s to dvclive in `live_dir` (None: no logging,
+    for scripts that run without dvc); returns the summary (final train and val loss, tokens
+    seen, seconds).
     """
-    from dvclive import Live
-
     device = pick_device(params.device)
     model.to(device)
     optimizer = make_optimizer(model, params, device)
     step_fn = torch.compile(model) if params.compile else model
-    live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+    live = None
+    if live_dir is not None:
+        from dvclive import Live
+
+        live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
     summary: dict = {"train_loss": None, "val_loss": None, "tokens": 0}
     window_loss = torch.zeros((), device=device)
     window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
@@ -127,28 +128,32 @@ def train_loop(
         optimizer.zero_grad(set_to_none=True)
         window_steps += 1
         last = step == params.max_steps - 1
-        if window_steps == LOG_EVERY or last:
+        if window_steps == params.log_every or last:
             train_loss = float(window_loss) / window_steps  # the one host sync per window
             if not math.isfinite(train_loss):
                 raise XinslmError(f"{desc}: loss became {train_loss} at step {step + 1}")
             elapsed = time.perf_counter() - window_start
             summary["tokens"] += window_tokens
-            live.step = step + 1  # dvclive's x axis: optimizer steps done
-            live.log_metric("train/loss", train_loss)
-            live.log_metric("lr", lr)
-            live.log_metric("tokens_per_sec", window_tokens / max(elapsed, 1e-9))
+            metrics = {
+                "train/loss": train_loss,
+                "lr": lr,
+                "tokens_per_sec": window_tokens / elapsed,
+            }
             summary["train_loss"] = train_loss
             bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{window_tokens / elapsed:,.0f}")
             window_loss.zero_()
             window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
             if val_batches is not None and ((step + 1) % params.eval_every == 0 or last):
-                summary["val_loss"] = evaluate(model, val_batches(), device)
-                live.log_metric("val/loss", summary["val_loss"])
+                summary["val_loss"] = metrics["val/loss"] = evaluate(model, val_batches(), device)
                 tqdm.write(
                     f"{desc} step {step + 1}/{params.max_steps}: train loss {train_loss:.4f}, "
                     f"val loss {summary['val_loss']:.4f}"
                 )
-            live.next_step()
+            if live is not None:
+                live.step = step + 1  # dvclive's x axis: optimizer steps done
+                for name, value in metrics.items():
+                    live.log_metric(name, value)
+                live.next_step()
     bar.close()
     summary["steps"] = params.max_steps
     # No timings in the checkpoint: the same inputs give the same bytes, so DVC can see that a
@@ -164,6 +169,7 @@ def train_loop(
         **checkpoint_extra,
     )
     summary["seconds"] = round(time.perf_counter() - start, 2)
-    live.summary.update(seconds=summary["seconds"], tokens=summary["tokens"])
-    live.end()
+    if live is not None:
+        live.summary.update(seconds=summary["seconds"], tokens=summary["tokens"])
+        live.end()
     return summary
