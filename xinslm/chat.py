@@ -20,6 +20,7 @@ import numpy as np
 
 from xinslm.errors import XinslmError
 from xinslm.tokenizer import Tokenizer
+from xinslm.tokens import ArrayWriter, atomic_dir, token_dtype, write_meta
 
 ROLES = ("system", "user", "assistant")
 IGNORE_INDEX = -100  # the label of a position with no learned target (as in xinslm.model)
@@ -189,8 +190,6 @@ def render_chat(
     whole turns (overlong='truncate') or dropped ('drop'); the counts, and every skipped
     record, go into meta.json.
     """
-    from xinslm.tokens import ArrayWriter, atomic_dir, token_dtype, write_meta
-
     splits, skipped = {}, []
     for split, path in (("train", input_path), ("val", val_path)):
         splits[split], bad = load_conversations(path, on_error)
