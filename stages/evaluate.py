@@ -52,6 +52,7 @@ def main() -> None:
         text = text_loss_and_bpb(model, val_blocks, token_bytes, ev.batch_size, device)
         metrics[name] = {"val_bpb": text["val_bpb"], "val_loss": text["val_loss"]}
         if name == "base":
+            metrics["tokenizer"] = {"val_bytes_per_token": text["bytes"] / text["tokens"]}
             for prompt in ev.base_prompts:
                 reply = continuation(model, tokenizer, prompt, **sampling)
                 samples["base"].append({"prompt": prompt, "continuation": reply})

@@ -15,7 +15,8 @@ def main() -> None:
     n = {s: a["shape"][0] for s, a in meta["arrays"].items()}
     print(
         f"tokenize-text: {len(meta['sources'])} file(s), {n['train']:,} train and {n['val']:,} "
-        f"val tokens ({tokenizer.name}, vocab {tokenizer.vocab_size:,}) -> {OUT}"
+        f"val tokens ({tokenizer.name}, vocab {tokenizer.vocab_size:,}, "
+        f"{meta['bytes_per_token']['val']} bytes/token on val) -> {OUT}"
     )
 
 

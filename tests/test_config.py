@@ -51,7 +51,7 @@ BAD_PARAMS = [
     ("model:\n  n_embd: 36\n  n_head: 4\n", "model.n_embd / n_head must be even"),
     ("chat:\n  on_error: maybe\n", "chat.on_error: 'maybe' is not one of fail, skip"),
     ("text:\n  val_fraction: 0.6\n", "text.val_fraction: must be between 0.0 and 0.5, got 0.6"),
-    ("tokenizer:\n  name: gpt5\n", "tokenizer.name: 'gpt5' is not one of byte, gpt2"),
+    ("tokenizer:\n  name: gpt5\n", "tokenizer.name: 'gpt5' is not one of byte, bpe, gpt2"),
 ]
 
 

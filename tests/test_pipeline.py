@@ -19,7 +19,15 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("XINSLM_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
-ALL_STAGES = {"tokenize-text", "pack", "pretrain", "render-chat", "sft", "evaluate"}
+ALL_STAGES = {
+    "train-tokenizer",
+    "tokenize-text",
+    "pack",
+    "pretrain",
+    "render-chat",
+    "sft",
+    "evaluate",
+}
 
 # Small enough that the whole pipeline trains in seconds on two CPU cores.
 TINY = {
@@ -125,6 +133,8 @@ def test_context_len_edit_keeps_tokenize_text(clean: Path) -> None:
             {"render-chat", "sft", "evaluate"},
         ),
         ({"eval": {"temperature": 0.0}}, {"evaluate"}),
+        # The byte tokenizer does not read the BPE's params: only train-tokenizer's note reruns.
+        ({"tokenizer": {"vocab_size": 300}}, {"train-tokenizer"}),
         ({"text": {"val_fraction": 0.2}}, ALL_STAGES - {"render-chat"}),
         ({"tokenizer": {"name": "gpt2", "encodings_dir": str(SHARED / "tiktoken")}}, ALL_STAGES),
     ],
@@ -144,7 +154,7 @@ def test_param_edit_reruns_exactly(clean: Path, changes: dict, expected: set) ->
         # evaluate after sft.
         ("xinslm/chat.py", {"render-chat", "evaluate"}),
         ("xinslm/model.py", {"pretrain", "sft", "evaluate"}),
-        ("xinslm/text.py", {"tokenize-text", "pack"}),
+        ("xinslm/text.py", {"train-tokenizer", "tokenize-text", "pack"}),
         ("stages/sft.py", {"sft"}),
     ],
 )
@@ -152,6 +162,16 @@ def test_code_edit_reruns_the_stages_that_import_it(clean: Path, module: str, ex
     with open(clean / module, "a") as f:
         f.write("\n# an edit\n")
     assert stages_rerun(clean) == expected
+
+
+def test_trained_bpe_vocab_size_reruns_the_tokenizer_and_all_after_it(clean: Path) -> None:
+    edit_params(clean, {"tokenizer": {"name": "bpe", "vocab_size": 300}})
+    assert stages_rerun(clean) == ALL_STAGES
+    meta = json.loads((clean / "data/tokens/meta.json").read_text())
+    assert meta["tokenizer"]["name"] == "bpe" and meta["tokenizer"]["vocab_size"] == 305
+    edit_params(clean, {"tokenizer": {"vocab_size": 320}})
+    assert stages_rerun(clean) == ALL_STAGES
+    assert stages_rerun(clean) == set()
 
 
 def test_sft_starts_from_base_checkpoint(repo: Path) -> None:
@@ -174,7 +194,8 @@ def test_metrics_and_exp_run(repo: Path) -> None:
     files = shown[""]["data"]
     assert {"dvclive/pretrain/metrics.json", "dvclive/sft/metrics.json"} <= set(files)
     ev = files["eval/metrics.json"]["data"]
-    assert set(ev) == {"base", "chat"}
+    assert set(ev) == {"base", "chat", "tokenizer"}
+    assert 0.99 < ev["tokenizer"]["val_bytes_per_token"] <= 1.0  # bytes; BOS targets carry none
     assert set(ev["chat"]) == {"val_bpb", "val_loss", "assistant_val_loss"}
     assert 0 < ev["base"]["val_bpb"] < 9  # a byte model that learned anything is below 8 bits
 

@@ -22,13 +22,18 @@ from xinslm.errors import XinslmError
 class TokenizerParams:
     name: str = "byte"
     encodings_dir: str = "../shared/data/tiktoken"
+    vocab_size: int = 4096
+    max_chars: int = 100_000_000
 
     def check(self) -> None:
         from xinslm.tokenizer import TIKTOKEN_ENCODINGS
 
-        known = ["byte", *TIKTOKEN_ENCODINGS]
+        known = ["byte", "bpe", *TIKTOKEN_ENCODINGS]
         if self.name not in known:
             raise ValueError(f"name: '{self.name}' is not one of {', '.join(known)}")
+        if self.vocab_size <= 256:
+            raise ValueError(f"vocab_size: must be > 256 (the bytes), got {self.vocab_size}")
+        _positive("max_chars", self.max_chars)
 
 
 @dataclass

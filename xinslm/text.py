@@ -43,15 +43,13 @@ def read_text_chunks(
     size = path.stat().st_size
     split_at = size - int(size * val_fraction)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
-    offset, pending, split, line_start = 0, [], "train", True
+    offset, pending, pending_bytes, split, line_start = 0, [], 0, "train", True
     with open(path, "rb") as f:
         while True:
             line = f.readline(chunk_bytes)
             # A split only changes at a line start, so no line (or character) is cut in two.
             line_split = ("train" if offset < split_at else "val") if line_start else split
-            if pending and (
-                not line or line_split != split or sum(map(len, pending)) >= chunk_bytes
-            ):
+            if pending and (not line or line_split != split or pending_bytes >= chunk_bytes):
                 data = b"".join(pending)
                 held = decoder.getstate()[0]  # bytes of a character cut by the last chunk
                 try:
@@ -62,11 +60,12 @@ def read_text_chunks(
                         f"{path}: not valid UTF-8 at byte {start} ({e.reason})"
                     ) from None
                 yield split, text
-                pending = []
+                pending, pending_bytes = [], 0
             if not line:
                 return
             split, line_start = line_split, line.endswith(b"\n")
             pending.append(line)
+            pending_bytes += len(line)
             offset += len(line)
 
 
@@ -99,11 +98,17 @@ def tokenize_text(
         arrays = {s: w.close() for s, w in writers.items()}
         if arrays["train"]["shape"][0] < 2:
             raise XinslmError(f"{input_path}: too little text to train on")
+        text_tokens = {s: arrays[s]["shape"][0] - c["documents"] for s, c in counts.items()}
         meta = {
             "kind": "tokens",
             "tokenizer": tokenizer.identity(),
             "arrays": arrays,
             "text_bytes": {s: c["bytes"] for s, c in counts.items()},
+            # Compression: UTF-8 bytes per token (BOS not counted); higher packs more text.
+            "bytes_per_token": {
+                s: round(c["bytes"] / text_tokens[s], 4) if text_tokens[s] else None
+                for s, c in counts.items()
+            },
             "documents": {s: c["documents"] for s, c in counts.items()},
             "val_fraction": val_fraction,
             "sources": sources,

@@ -8,9 +8,13 @@ user content from forging a role marker.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from xinslm.errors import XinslmError
+
+BPE_DIR = "data/tokenizer"  # where the train-tokenizer stage writes a trained BPE
+BPE_FILE = "bpe.tiktoken"
 
 # The chat template's special tokens, in id order after the ordinary vocabulary.
 SPECIAL_TOKENS = ("<|bos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
@@ -132,12 +136,32 @@ class ByteTokenizer(Tokenizer):
 
 
 class TiktokenTokenizer(Tokenizer):
-    """A named tiktoken encoding built from its local ranks file, checked against its sha256."""
+    """A byte-level BPE run through tiktoken: a named encoding from its local ranks file
+    (checked against its sha256), or a BPE trained by the train-tokenizer stage."""
 
-    def __init__(self, name: str, encodings_dir: str | Path) -> None:
+    def __init__(
+        self, name: str, path: Path, pattern: str, own_special: dict[str, int], fingerprint: str
+    ) -> None:
         import tiktoken
         from tiktoken.load import load_tiktoken_bpe
 
+        ranks = load_tiktoken_bpe(str(path))
+        base = max([*ranks.values(), *own_special.values()]) + 1
+        self.name = name
+        self.fingerprint = fingerprint
+        self.special = {tok: base + i for i, tok in enumerate(SPECIAL_TOKENS)}
+        self.vocab_size = base + len(SPECIAL_TOKENS)
+        self._special_ids = {*own_special.values(), *self.special.values()}
+        self._enc = tiktoken.Encoding(
+            name=f"xinslm-{name}",
+            pat_str=pattern,
+            mergeable_ranks=ranks,
+            special_tokens={**own_special, **self.special},
+        )
+
+    @classmethod
+    def named(cls, name: str, encodings_dir: str | Path) -> TiktokenTokenizer:
+        """One of tiktoken's own encodings (TIKTOKEN_ENCODINGS), from a local file."""
         if name not in TIKTOKEN_ENCODINGS:
             known = ", ".join(sorted(TIKTOKEN_ENCODINGS))
             raise XinslmError(f"unknown tiktoken encoding '{name}' (known: {known})")
@@ -151,18 +175,26 @@ class TiktokenTokenizer(Tokenizer):
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if digest != sha256:
             raise XinslmError(f"{path} has sha256 {digest}, expected {sha256} for '{name}'")
-        ranks = load_tiktoken_bpe(str(path))
-        base = max(max(ranks.values()), *own_special.values()) + 1
-        self.name = name
-        self.special = {tok: base + i for i, tok in enumerate(SPECIAL_TOKENS)}
-        self.vocab_size = base + len(SPECIAL_TOKENS)
-        self._special_ids = {*own_special.values(), *self.special.values()}
-        self._enc = tiktoken.Encoding(
-            name=f"xinslm-{name}",
-            pat_str=pattern,
-            mergeable_ranks=ranks,
-            special_tokens={**own_special, **self.special},
-        )
+        return cls(name, path, pattern, own_special, fingerprint=sha256)
+
+    @classmethod
+    def trained(cls, directory: str | Path) -> TiktokenTokenizer:
+        """The BPE that the train-tokenizer stage wrote to `directory`."""
+        directory = Path(directory)
+        meta_path, path = directory / "meta.json", directory / BPE_FILE
+        if not path.is_file() or not meta_path.is_file():
+            raise XinslmError(
+                f"tokenizer 'bpe' needs {path}: run the train-tokenizer stage (dvc repro)"
+            )
+        meta = json.loads(meta_path.read_text())
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != meta.get("sha256"):
+            raise XinslmError(f"{path}: does not match {meta_path} (sha256 {digest})")
+        return cls("bpe", path, meta["pattern"], {}, fingerprint=digest)
+
+    def identity(self) -> dict:
+        # The fingerprint tells two trained BPEs of the same size apart.
+        return {**super().identity(), "fingerprint": self.fingerprint}
 
     def encode(self, text: str) -> list[int]:
         return self._enc.encode_ordinary(text)
@@ -186,8 +218,15 @@ class TiktokenTokenizer(Tokenizer):
         return lengths
 
 
-def get_tokenizer(name: str, encodings_dir: str | Path = "../shared/data/tiktoken") -> Tokenizer:
-    """The tokenizer called `name`: 'byte' or a tiktoken encoding (gpt2, cl100k_base, ...)."""
+def get_tokenizer(
+    name: str,
+    encodings_dir: str | Path = "../shared/data/tiktoken",
+    bpe_dir: str | Path = BPE_DIR,
+) -> Tokenizer:
+    """The tokenizer called `name`: 'byte', 'bpe' (trained by the train-tokenizer stage into
+    bpe_dir) or a tiktoken encoding (gpt2, cl100k_base, ...) from encodings_dir."""
     if name == "byte":
         return ByteTokenizer()
-    return TiktokenTokenizer(name, encodings_dir)
+    if name == "bpe":
+        return TiktokenTokenizer.trained(bpe_dir)
+    return TiktokenTokenizer.named(name, encodings_dir)

@@ -111,7 +111,7 @@ def read_meta(directory: str | Path, kind: str, tokenizer: dict | None = None) -
 
 def check_tokenizer(source: str | Path, made_with: dict, expected: dict) -> None:
     """Refuse an artifact or checkpoint made with another tokenizer, naming what differs."""
-    for key in ("name", "vocab_size", "special"):
+    for key in ("name", "vocab_size", "special", "fingerprint"):
         if made_with.get(key) != expected.get(key):
             raise XinslmError(
                 f"{source}: made with tokenizer {key}={made_with.get(key)!r}, but "
