@@ -132,3 +132,12 @@ def test_vocab_over_65536_is_stored_as_uint32(tmp_path) -> None:
     assert train.dtype == np.uint32
     expected = [tok.bos_id, *tok.encode(text)]
     assert train.tolist() == expected and max(expected) > 65535
+
+
+def test_retraining_in_the_same_place_loads_the_new_tokenizer(tmp_path, monkeypatch) -> None:
+    # tiktoken's own loader caches files by path: a retrained BPE must not load as the old one.
+    monkeypatch.chdir(tmp_path)
+    train_bpe(iter([TEXT]), 280, "data/tokenizer")
+    assert get_tokenizer("bpe").vocab_size == 285
+    train_bpe(iter([TEXT]), 300, "data/tokenizer")
+    assert get_tokenizer("bpe").vocab_size == 305

@@ -97,3 +97,29 @@ def test_unknown_name(tmp_path):
     )
     with pytest.raises(XinslmError, match=re.escape(expected)):
         get_tokenizer("gpt5", tmp_path)
+
+
+def test_split_at_lines_cuts_after_newlines():
+    from xinslm.tokenizer import split_at_lines
+
+    text = "ab\ncd\n" + "x" * 12 + "\nend"
+    pieces = split_at_lines(text, 8)
+    assert "".join(pieces) == text
+    assert pieces == ["ab\ncd\n", "xxxxxxxx", "xxxx\nend"]
+
+
+def test_encode_array_matches_encode_piece_by_piece(tiktoken_tok):
+    import numpy as np
+
+    from xinslm.tokenizer import PIECE_CHARS, split_at_lines
+
+    small = "Hello wörld\n\nand café ☕\n" * 10
+    assert tiktoken_tok.encode_array(small).tolist() == tiktoken_tok.encode(small)
+    big = small * (2 * PIECE_CHARS // len(small) + 1)
+    expected = np.concatenate([tiktoken_tok.encode(p) for p in split_at_lines(big, PIECE_CHARS)])
+    assert tiktoken_tok.encode_array(big).tolist() == expected.tolist()
+    assert tiktoken_tok.decode(tiktoken_tok.encode_array(big).tolist()) == big
+
+
+def test_byte_encode_array():
+    assert ByteTokenizer().encode_array("hé").tolist() == [104, 195, 169]

@@ -90,7 +90,7 @@ def tokenize_text(
                     writers[split].write([tokenizer.bos_id])
                     counts[split]["documents"] += 1
                     started.add(split)
-                writers[split].write(np.asarray(tokenizer.encode(text), dtype=np.int64))
+                writers[split].write(tokenizer.encode_array(text))
                 counts[split]["bytes"] += len(text.encode("utf-8"))
             if not started:
                 raise XinslmError(f"{path}: file is empty")

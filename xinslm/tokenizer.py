@@ -7,12 +7,18 @@ user content from forging a role marker.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import itertools
 import json
+import os
 from pathlib import Path
+
+import numpy as np
 
 from xinslm.errors import XinslmError
 
+PIECE_CHARS = 1 << 16  # text per piece of a batch encode
 BPE_DIR = "data/tokenizer"  # where the train-tokenizer stage writes a trained BPE
 BPE_FILE = "bpe.tiktoken"
 
@@ -87,6 +93,10 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
 
+    def encode_array(self, text: str) -> np.ndarray:
+        """encode() of a large text as an int64 array (the fast path of tokenize-text)."""
+        return np.asarray(self.encode(text), dtype=np.int64)
+
     def decode(self, ids: list[int]) -> str:
         raise NotImplementedError
 
@@ -119,6 +129,9 @@ class ByteTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)
+
     def token_byte_lengths(self) -> list[int]:
         return [1] * 256 + [0] * len(SPECIAL_TOKENS)
 
@@ -143,9 +156,8 @@ class TiktokenTokenizer(Tokenizer):
         self, name: str, path: Path, pattern: str, own_special: dict[str, int], fingerprint: str
     ) -> None:
         import tiktoken
-        from tiktoken.load import load_tiktoken_bpe
 
-        ranks = load_tiktoken_bpe(str(path))
+        ranks = read_ranks(path)
         base = max([*ranks.values(), *own_special.values()]) + 1
         self.name = name
         self.fingerprint = fingerprint
@@ -199,8 +211,12 @@ class TiktokenTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self._enc.encode_ordinary(text)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self._enc.encode_ordinary_batch(texts)
+    def encode_array(self, text: str) -> np.ndarray:
+        # tiktoken encodes a batch on several threads (its Rust core releases the GIL). The
+        # text is cut into pieces at line ends, so the result is the same for any thread count.
+        pieces = split_at_lines(text, PIECE_CHARS)
+        ids = self._enc.encode_ordinary_batch(pieces, num_threads=os.cpu_count() or 1)
+        return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64)
 
     def decode(self, ids: list[int]) -> str:
         return self._enc.decode(ids)
@@ -216,6 +232,34 @@ class TiktokenTokenizer(Tokenizer):
             except KeyError:  # an id the encoding leaves unused
                 lengths.append(0)
         return lengths
+
+
+def read_ranks(path: Path) -> dict[bytes, int]:
+    """A tiktoken ranks file: one `base64(token bytes) rank` per line.
+
+    Read here rather than with tiktoken.load.load_tiktoken_bpe, which caches every file it
+    reads in a temp folder keyed by the path's name: a retrained data/tokenizer/bpe.tiktoken
+    would then load as the stale copy of an earlier one."""
+    ranks = {}
+    for line in path.read_bytes().splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+def split_at_lines(text: str, size: int) -> list[str]:
+    """Cut text into pieces of about `size` characters, each ending at a newline when one is
+    near (a longer line is cut where it must)."""
+    pieces, start = [], 0
+    while start < len(text):
+        end = min(len(text), start + size)
+        if end < len(text):
+            newline = text.rfind("\n", start, end)
+            end = newline + 1 if newline >= start else end
+        pieces.append(text[start:end])
+        start = end
+    return pieces
 
 
 def get_tokenizer(
