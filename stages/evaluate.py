@@ -13,8 +13,8 @@ from xinslm.config import load_params
 from xinslm.data import ChatData
 from xinslm.errors import XinslmError, run_main
 from xinslm.evaluate import assistant_loss, chat_reply, continuation, text_loss_and_bpb
-from xinslm.tokenizer import get_tokenizer
-from xinslm.tokens import atomic_file, check_tokenizer, open_array, read_meta
+from xinslm.tokenizer import tokenizer_for
+from xinslm.tokens import atomic_file, open_array, read_meta
 from xinslm.train import pick_device
 
 BASE, CHAT, BLOCKS, CHATS = "checkpoints/base.pt", "checkpoints/chat.pt", "data/blocks", "data/chat"
@@ -31,8 +31,7 @@ def main() -> None:
     device = pick_device(ev.device)
     base = load_checkpoint(BASE)
     chat = load_checkpoint(CHAT, tokenizer=base["tokenizer"])
-    tokenizer = get_tokenizer(base["tokenizer"]["name"], tok_p.encodings_dir)
-    check_tokenizer(BASE, base["tokenizer"], tokenizer.identity())
+    tokenizer = tokenizer_for(base["tokenizer"], BASE, tok_p.encodings_dir)
     val_blocks = open_array(BLOCKS, read_meta(BLOCKS, "blocks", base["tokenizer"]), "val")
     val_chats = ChatData(CHATS, "val", base["tokenizer"])
     if len(val_blocks) == 0 or len(val_chats) == 0:

@@ -19,13 +19,10 @@ HELP_LINE = "/reset clears the conversation, /exit (or Ctrl-D) quits"
 
 def _load(path: str, encodings_dir: str):
     from xinslm.checkpoint import load_checkpoint, model_from_checkpoint
-    from xinslm.tokenizer import get_tokenizer
-    from xinslm.tokens import check_tokenizer
+    from xinslm.tokenizer import tokenizer_for
 
     ckpt = load_checkpoint(path)
-    tokenizer = get_tokenizer(ckpt["tokenizer"]["name"], encodings_dir)
-    check_tokenizer(path, ckpt["tokenizer"], tokenizer.identity())
-    return ckpt, model_from_checkpoint(ckpt), tokenizer
+    return ckpt, model_from_checkpoint(ckpt), tokenizer_for(ckpt["tokenizer"], path, encodings_dir)
 
 
 def _stream(model, tokenizer, prompt_ids: list[int], args, stop_id: int) -> str:

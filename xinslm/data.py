@@ -27,9 +27,14 @@ class ShuffledIndices:
             raise XinslmError("no training examples")
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.epoch, self.cursor = 0, 0
+        self._cached_epoch, self._cached = -1, np.empty(0, dtype=np.int64)
 
     def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        # One permutation per epoch, kept, not redrawn for every batch (O(n) each time).
+        if self._cached_epoch != epoch:
+            self._cached = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._cached_epoch = epoch
+        return self._cached
 
     def next(self) -> np.ndarray:
         out = []

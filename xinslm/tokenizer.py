@@ -262,6 +262,18 @@ def split_at_lines(text: str, size: int) -> list[str]:
     return pieces
 
 
+def tokenizer_for(
+    identity: dict, source: str | Path, encodings_dir: str | Path, bpe_dir: str | Path = BPE_DIR
+) -> Tokenizer:
+    """Load the tokenizer an artifact or checkpoint (`source`) was made with, and refuse one
+    that no longer matches it (another trained BPE, say)."""
+    from xinslm.tokens import check_tokenizer
+
+    tokenizer = get_tokenizer(identity["name"], encodings_dir, bpe_dir)
+    check_tokenizer(source, identity, tokenizer.identity())
+    return tokenizer
+
+
 def get_tokenizer(
     name: str,
     encodings_dir: str | Path = "../shared/data/tiktoken",
