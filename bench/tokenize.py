@@ -1,13 +1,17 @@
 """Tokenizing speed: xinslm's tokenize-text path beside the seed's per-line encode loop.
 
     python bench/tokenize.py [--mb 100] [--tokenizers byte gpt2 cl100k_base bpe]
+                             [--modes naive one-thread xinslm]
 
 Builds a text of at least --mb megabytes by repeating tinyshakespeare.txt (from
 $XINSLM_SHARED_DATA, default ../shared/data), then, each in a fresh process so peak memory is
-its own, tokenizes it (a) the seed's way: every line through encode() into one Python list,
-(b) through xinslm.text.tokenize_text (chunked reads, batched multi-threaded encoding, straight
-into the memmap). Prints MB/s, the speedup and each run's peak RSS. `bpe` is a 4096-token BPE
-trained on the same text first. Needs only numpy, tiktoken and (for bpe) rustbpe.
+its own, tokenizes it (naive) the seed's way: every line through encode() into one Python
+list, then a numpy array; (xinslm) through xinslm.text.tokenize_text: chunked reads, pieces
+encoded on a thread per CPU straight into uint32 buffers, written to the memmap as they come;
+(one-thread) the same on one thread, to show what the threads add. Prints MB/s, the speedup
+over naive, and each run's peak RSS. `bpe` is a 4096-token BPE trained on the same text first.
+Needs only numpy, tiktoken and (for bpe) rustbpe. `--modes xinslm --mb 1100` is the
+flat-memory run on a file over 1 GB.
 """
 
 from __future__ import annotations
@@ -37,8 +41,11 @@ def run_one(mode: str, name: str, path: Path, work: Path) -> dict:
     """One measurement in this process: seconds and peak RSS."""
     import numpy as np
 
+    from xinslm import tokenizer as tokenizer_module
     from xinslm.text import tokenize_text
 
+    if mode == "one-thread":
+        tokenizer_module.ENCODE_THREADS = 1
     tokenizer = load(name, work)
     start = time.perf_counter()
     if mode == "naive":
@@ -59,6 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=100, help="size of the text to tokenize")
     parser.add_argument("--tokenizers", nargs="+", default=["byte", "gpt2", "cl100k_base", "bpe"])
+    parser.add_argument("--modes", nargs="+", default=["naive", "one-thread", "xinslm"])
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)  # mode name path work
     args = parser.parse_args()
     if args.one:
@@ -83,20 +91,27 @@ def main() -> None:
 
     print(f"text: {size_mb:.0f} MB ({source.name} repeated), {os.cpu_count()} CPUs")
     print(
-        f"{'tokenizer':<12} {'per-line MB/s':>14} {'xinslm MB/s':>12} {'speedup':>8} "
-        f"{'RSS per-line':>13} {'RSS xinslm':>11}"
+        f"{'tokenizer':<12} {'naive MB/s':>11} {'1-thread MB/s':>14} {'xinslm MB/s':>12} "
+        f"{'speedup':>8} {'RSS naive MB':>12} {'RSS xinslm MB':>13}"
     )
     for name in args.tokenizers:
         runs = {}
-        for mode in ("naive", "xinslm"):
+        for mode in args.modes:
             cmd = [sys.executable, __file__, "--one", mode, name, str(path), str(work)]
-            runs[mode] = json.loads(
-                subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            )
-        naive, fast = (size_mb / runs[m]["seconds"] for m in ("naive", "xinslm"))
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            runs[mode] = json.loads(out)
+        speed = {m: size_mb / r["seconds"] for m, r in runs.items()}
+        rss = {m: r["peak_rss_mb"] for m, r in runs.items()}
+        ratio = speed["xinslm"] / speed["naive"] if {"naive", "xinslm"} <= set(runs) else None
+
+        def cell(value, width, fmt):
+            return f"{'-' if value is None else format(value, fmt):>{width}}"
+
         print(
-            f"{name:<12} {naive:>14.1f} {fast:>12.1f} {fast / naive:>7.1f}x "
-            f"{runs['naive']['peak_rss_mb']:>10.0f} MB {runs['xinslm']['peak_rss_mb']:>8.0f} MB"
+            f"{name:<12} {cell(speed.get('naive'), 11, '.1f')} "
+            f"{cell(speed.get('one-thread'), 14, '.1f')} {cell(speed.get('xinslm'), 12, '.1f')} "
+            f"{'-' if ratio is None else f'{ratio:.1f}x':>8} {cell(rss.get('naive'), 12, '.0f')} "
+            f"{cell(rss.get('xinslm'), 13, '.0f')}"
         )
 
 

@@ -55,6 +55,24 @@ def test_tiny_chunks_give_the_same_tokens(tmp_path):
     assert BYTE.decode(train[1:]) + BYTE.decode(val[1:]) == text
 
 
+def test_chunked_tokenize_text_is_encode_of_each_split_whole(tmp_path, tiktoken_tok):
+    tok = tiktoken_tok
+    text = (
+        "ROMEO:\nBut soft, what light\n\n  through yonder\r\nwindow breaks?\n\n\n"
+        "It is the east, and Juliet is the sun!\n日本語 テキスト\n\u3000全角\n"
+    ) * 40
+    data = text.encode("utf-8")
+    src = tmp_path / "input.txt"
+    src.write_bytes(data)
+    out = tmp_path / "tokens"
+    tokenize_text(src, tok, out, val_fraction=0.25, chunk_bytes=50)
+    meta = read_meta(out, "tokens", tok.identity())
+    val_start = data.index(b"\n", len(data) - int(len(data) * 0.25) - 1) + 1
+    train_text, val_text = data[:val_start].decode(), data[val_start:].decode()
+    assert open_array(out, meta, "train").tolist() == [tok.bos_id, *tok.encode(train_text)]
+    assert open_array(out, meta, "val").tolist() == [tok.bos_id, *tok.encode(val_text)]
+
+
 def test_directory_input_is_one_document_per_txt_file(tmp_path):
     src = tmp_path / "corpus"
     src.mkdir()

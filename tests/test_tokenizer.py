@@ -105,20 +105,51 @@ def test_split_at_lines_cuts_after_newlines():
     text = "ab\ncd\n" + "x" * 12 + "\nend"
     pieces = split_at_lines(text, 8)
     assert "".join(pieces) == text
-    assert pieces == ["ab\ncd\n", "xxxxxxxx", "xxxx\nend"]
+    assert pieces == ["ab\ncd\n", "x" * 12 + "\n", "end"]  # a longer piece, cut safely
+    assert split_at_lines("ab\n" + "x" * 80, 8) == ["ab\n", *["x" * 8] * 10]  # one long line
 
 
-def test_encode_array_matches_encode_piece_by_piece(tiktoken_tok):
-    import numpy as np
+def test_split_at_lines_prefers_a_newline_before_visible_text():
+    from xinslm.tokenizer import split_at_lines
 
-    from xinslm.tokenizer import PIECE_CHARS, split_at_lines
+    # "\n\n" and "\n  " are whitespace runs a pre-split pattern may split differently at the
+    # end of a piece, so the cut goes after the newline between "a" and "b", although later
+    # newlines are in reach.
+    assert split_at_lines("a\nb\n\n  c", 6) == ["a\n", "b\n\n  c"]
+    assert split_at_lines("a\n\nbc", 4) == ["a\n\n", "bc"]  # none safe: the last newline
 
-    small = "Hello wörld\n\nand café ☕\n" * 10
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ab\ncd", 3),
+        ("ab\n cd", -1),  # whitespace after the newline
+        ("ab \ncd", -1),  # whitespace before it
+        ("ab\n\ncd", -1),
+        ("ab\r\ncd", -1),
+        ("ab\n\u3000x", -1),  # Unicode whitespace counts too
+        ("日本\n語", 3),
+        ("ab\n", -1),  # nothing follows the newline yet
+        ("\ncd", -1),  # nothing before it
+        ("ab\n!\n\tx", 3),
+    ],
+)
+def test_safe_cut(text, expected):
+    from xinslm.tokenizer import safe_cut
+
+    assert safe_cut(text, 0, len(text)) == expected
+
+
+def test_encode_array_is_encode_of_the_whole_text(tiktoken_tok):
+    from xinslm.tokenizer import PIECE_CHARS
+
+    small = "Hello wörld\n\nand café ☕\n   indented\r\n\n\n<|bos|> ok\n" * 10
     assert tiktoken_tok.encode_array(small).tolist() == tiktoken_tok.encode(small)
-    big = small * (2 * PIECE_CHARS // len(small) + 1)
-    expected = np.concatenate([tiktoken_tok.encode(p) for p in split_at_lines(big, PIECE_CHARS)])
-    assert tiktoken_tok.encode_array(big).tolist() == expected.tolist()
-    assert tiktoken_tok.decode(tiktoken_tok.encode_array(big).tolist()) == big
+    big = small * (3 * PIECE_CHARS // len(small) + 1)
+    ids = tiktoken_tok.encode_array(big)
+    assert ids.tolist() == tiktoken_tok.encode(big)
+    assert ids.max() < tiktoken_tok.bos_id  # "<|bos|>" in the text is ordinary text
+    assert tiktoken_tok.decode(ids.tolist()) == big
 
 
 def test_byte_encode_array():

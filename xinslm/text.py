@@ -1,9 +1,10 @@
 """Base-pretraining data: tokenize text files into a token stream, then pack it into blocks.
 
-tokenize-text streams each file in chunks of whole lines (memory stays bounded on a file of
-many GB), keeps every byte of the text including newlines, starts each document (file) with
-BOS, and splits each file by position: the first (1 - val_fraction) of its bytes go to train,
-the rest (from the next line start) to val, as nanoGPT splits Shakespeare.
+tokenize-text streams each file in chunks (memory stays bounded on a file of many GB), cut
+only where the tokens come out as if the whole split were encoded at once, keeps every byte of
+the text including newlines, starts each document (file) with BOS, and splits each file by
+position: the first (1 - val_fraction) of its bytes go to train, the rest (from the next line
+start) to val, as nanoGPT splits Shakespeare.
 
 pack cuts the stream into [N, context_len + 1] blocks with stride context_len, so that with
 input = block[:-1] and target = block[1:] every token after the first is a target exactly once.
@@ -14,11 +15,12 @@ from __future__ import annotations
 import codecs
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from xinslm.errors import XinslmError
-from xinslm.tokenizer import Tokenizer
+from xinslm.tokenizer import Tokenizer, safe_cut
 from xinslm.tokens import ArrayWriter, atomic_dir, open_array, read_meta, token_dtype, write_meta
 
 
@@ -38,35 +40,59 @@ def text_files(path: str | Path) -> list[Path]:
 def read_text_chunks(
     path: Path, val_fraction: float, chunk_bytes: int
 ) -> Iterator[tuple[str, str]]:
-    """Yield (split, text) chunks of `path`, each made of whole lines (or a piece of a line
-    longer than chunk_bytes), decoded as strict UTF-8; a bad byte names its offset."""
+    """Yield (split, text) chunks of `path`, about chunk_bytes each, decoded as strict UTF-8
+    (a bad byte names its offset). The val split starts at the first line start in the last
+    val_fraction of the bytes. Chunks end where `safe_cut` allows, so a split encoded chunk by
+    chunk gives the ids of the split encoded whole; failing that (no such place in 8 chunks'
+    worth of text) at a newline, and failing that (one very long line) anywhere."""
     size = path.stat().st_size
-    split_at = size - int(size * val_fraction)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
-    offset, pending, pending_bytes, split, line_start = 0, [], 0, "train", True
     with open(path, "rb") as f:
-        while True:
-            line = f.readline(chunk_bytes)
-            # A split only changes at a line start, so no line (or character) is cut in two.
-            line_split = ("train" if offset < split_at else "val") if line_start else split
-            if pending and (not line or line_split != split or pending_bytes >= chunk_bytes):
-                data = b"".join(pending)
-                held = decoder.getstate()[0]  # bytes of a character cut by the last chunk
-                try:
-                    text = decoder.decode(data, final=line_split != split or not line)
-                except UnicodeDecodeError as e:
-                    start = offset - len(data) - len(held) + e.start
-                    raise XinslmError(
-                        f"{path}: not valid UTF-8 at byte {start} ({e.reason})"
-                    ) from None
-                yield split, text
-                pending, pending_bytes = [], 0
-            if not line:
-                return
-            split, line_start = line_split, line.endswith(b"\n")
-            pending.append(line)
-            pending_bytes += len(line)
-            offset += len(line)
+        val_start = _line_start_from(f, size - int(size * val_fraction))
+        yield from _decoded_chunks(f, path, "train", 0, val_start, chunk_bytes)
+        yield from _decoded_chunks(f, path, "val", val_start, size, chunk_bytes)
+
+
+def _line_start_from(f: BinaryIO, offset: int) -> int:
+    """The first line start at or after `offset` (the file size if there is none)."""
+    if offset <= 0:
+        return 0
+    f.seek(offset - 1)
+    while block := f.read(1 << 16):
+        newline = block.find(b"\n")
+        if newline >= 0:
+            return offset + newline
+        offset += len(block)
+    return offset - 1
+
+
+def _decoded_chunks(
+    f: BinaryIO, path: Path, split: str, begin: int, end: int, chunk_bytes: int
+) -> Iterator[tuple[str, str]]:
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    f.seek(begin)
+    pos, carry = begin, ""  # pos: the file offset of the next byte to read
+    while pos < end:
+        want = min(chunk_bytes, end - pos)
+        data = f.read(want)
+        if len(data) < want:
+            raise XinslmError(f"{path}: file changed while it was being read")
+        held = decoder.getstate()[0]  # bytes of a character cut by the last read
+        last = pos + want == end
+        try:
+            text = carry + decoder.decode(data, final=last)
+        except UnicodeDecodeError as e:
+            start = pos - len(held) + e.start
+            raise XinslmError(f"{path}: not valid UTF-8 at byte {start} ({e.reason})") from None
+        pos += want
+        cut = len(text) if last else safe_cut(text, 0, len(text))
+        if cut < 0 and len(text) < 8 * chunk_bytes:
+            carry = text  # read on to a safe place to cut
+            continue
+        if cut < 0:  # none in 8 chunks: a newline will do, or any place on one long line
+            cut = text.rfind("\n") + 1 or len(text)
+        text, carry = text[:cut], text[cut:]
+        if text:
+            yield split, text
 
 
 def tokenize_text(

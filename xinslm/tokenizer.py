@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import itertools
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from xinslm.errors import XinslmError
 
-PIECE_CHARS = 1 << 16  # text per piece of a batch encode
+PIECE_CHARS = 1 << 20  # text per piece of a threaded encode
+ENCODE_THREADS = os.cpu_count() or 1
 BPE_DIR = "data/tokenizer"  # where the train-tokenizer stage writes a trained BPE
 BPE_FILE = "bpe.tiktoken"
 
@@ -94,8 +95,8 @@ class Tokenizer:
         raise NotImplementedError
 
     def encode_array(self, text: str) -> np.ndarray:
-        """encode() of a large text as an int64 array (the fast path of tokenize-text)."""
-        return np.asarray(self.encode(text), dtype=np.int64)
+        """encode() of a large text as an unsigned integer array (tokenize-text's fast path)."""
+        return np.asarray(self.encode(text), dtype=np.uint32)
 
     def decode(self, ids: list[int]) -> str:
         raise NotImplementedError
@@ -130,7 +131,7 @@ class ByteTokenizer(Tokenizer):
         return list(text.encode("utf-8"))
 
     def encode_array(self, text: str) -> np.ndarray:
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
     def token_byte_lengths(self) -> list[int]:
         return [1] * 256 + [0] * len(SPECIAL_TOKENS)
@@ -164,6 +165,7 @@ class TiktokenTokenizer(Tokenizer):
         self.special = {tok: base + i for i, tok in enumerate(SPECIAL_TOKENS)}
         self.vocab_size = base + len(SPECIAL_TOKENS)
         self._special_ids = {*own_special.values(), *self.special.values()}
+        self._pool: ThreadPoolExecutor | None = None  # encode_array's threads, made on first use
         self._enc = tiktoken.Encoding(
             name=f"xinslm-{name}",
             pat_str=pattern,
@@ -212,11 +214,16 @@ class TiktokenTokenizer(Tokenizer):
         return self._enc.encode_ordinary(text)
 
     def encode_array(self, text: str) -> np.ndarray:
-        # tiktoken encodes a batch on several threads (its Rust core releases the GIL). The
-        # text is cut into pieces at line ends, so the result is the same for any thread count.
+        # The text is cut where no pre-split piece spans the cut (same ids as encoding it
+        # whole) and the pieces are encoded on a thread each, straight into uint32 buffers:
+        # tiktoken's Rust core releases the GIL and no Python int is made per token.
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="encode")
         pieces = split_at_lines(text, PIECE_CHARS)
-        ids = self._enc.encode_ordinary_batch(pieces, num_threads=os.cpu_count() or 1)
-        return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64)
+        arrays = self._pool.map(
+            lambda piece: self._enc.encode_to_numpy(piece, disallowed_special=()), pieces
+        )
+        return np.concatenate([np.zeros(0, np.uint32), *arrays])
 
     def decode(self, ids: list[int]) -> str:
         return self._enc.decode(ids)
@@ -248,15 +255,38 @@ def read_ranks(path: Path) -> dict[bytes, int]:
     return ranks
 
 
+def safe_cut(text: str, start: int, end: int) -> int:
+    r"""The position in (start, end) just after the last newline with visible text on both
+    sides ("x\ny"), or -1 if there is none.
+
+    No piece of a byte-level BPE's pre-split pattern (gpt2, cl100k_base, o200k_base, ours)
+    runs across such a newline, and the newline is a piece of its own (or ends a punctuation
+    piece) whether or not text follows it, so text encoded in pieces cut there gives exactly
+    the ids of the text encoded whole. A newline next to other whitespace is not safe: gpt2's
+    `\s+(?!\S)` gives "\n\n" + "x" as "\n", "\n", "x" but "\n\n" at the end of a piece as one.
+    """
+    i = text.rfind("\n", start + 1, end - 1)
+    while i > start:
+        if not text[i - 1].isspace() and not text[i + 1].isspace():
+            return i + 1
+        i = text.rfind("\n", start + 1, i)
+    return -1
+
+
 def split_at_lines(text: str, size: int) -> list[str]:
-    """Cut text into pieces of about `size` characters, each ending at a newline when one is
-    near (a longer line is cut where it must)."""
+    """Cut text into pieces of about `size` characters, each ending where `safe_cut` allows
+    (so encoding the pieces gives the ids of encoding the text whole), looking up to 8 pieces'
+    worth ahead, else at a newline, else (one very long line) where it must."""
     pieces, start = [], 0
     while start < len(text):
         end = min(len(text), start + size)
         if end < len(text):
-            newline = text.rfind("\n", start, end)
-            end = newline + 1 if newline >= start else end
+            cut = safe_cut(text, start, end + 1)
+            if cut < 0:  # a longer piece then, else a newline, else a cut in a long line
+                cut = safe_cut(text, start, min(len(text), start + 8 * size) + 1)
+            if cut < 0:
+                cut = text.rfind("\n", start, end) + 1
+            end = cut if cut > start else end
         pieces.append(text[start:end])
         start = end
     return pieces
