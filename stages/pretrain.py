@@ -10,6 +10,7 @@ from xinslm.tokens import open_array, read_meta
 from xinslm.train import seed_everything, train_loop
 
 BLOCKS, OUT, LIVE = "data/blocks", "checkpoints/base.pt", "dvclive/pretrain"
+RESUME = "checkpoints/resume/pretrain.pt"  # outside the stage's outs, so a rerun finds it
 
 
 def main() -> None:
@@ -40,6 +41,8 @@ def main() -> None:
         live_dir=LIVE,
         checkpoint_extra={"tokenizer": meta["tokenizer"], "stage": "pretrain"},
         desc="pretrain",
+        resume_path=RESUME,
+        data_identity=meta,
     )
     print(f"pretrain: {summary} -> {OUT}")
 

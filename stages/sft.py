@@ -3,13 +3,14 @@
 The model is built from base.pt's own config, so its shape cannot mismatch the base model.
 """
 
-from xinslm.checkpoint import load_checkpoint, model_from_checkpoint
+from xinslm.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
 from xinslm.config import load_params
 from xinslm.data import ChatBatches, ChatData, val_chat_batches
 from xinslm.errors import XinslmError, run_main
 from xinslm.train import seed_everything, train_loop
 
 BASE, CHAT, OUT, LIVE = "checkpoints/base.pt", "data/chat", "checkpoints/chat.pt", "dvclive/sft"
+RESUME = "checkpoints/resume/sft.pt"  # outside the stage's outs, so a rerun finds it
 
 
 def main() -> None:
@@ -40,6 +41,9 @@ def main() -> None:
             "base_step": base["step"],
         },
         desc="sft",
+        resume_path=RESUME,
+        # A resume checkpoint counts only for the same base model and the same rendered chats.
+        data_identity={"base_sha256": file_sha256(BASE), "chat": train_data.meta},
     )
     print(f"sft: {summary} -> {OUT}")
 

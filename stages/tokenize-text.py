@@ -11,7 +11,9 @@ OUT = "data/tokens"
 def main() -> None:
     tok, text = load_params("params.yaml", "tokenizer", "text")
     tokenizer = get_tokenizer(tok.name, tok.encodings_dir)
-    meta = tokenize_text(text.input, tokenizer, OUT, text.val_fraction, text.chunk_bytes)
+    meta = tokenize_text(
+        text.input, tokenizer, OUT, text.val_fraction, text.chunk_bytes, text.utf8_errors
+    )
     n = {s: a["shape"][0] for s, a in meta["arrays"].items()}
     print(
         f"tokenize-text: {len(meta['sources'])} file(s), {n['train']:,} train and {n['val']:,} "

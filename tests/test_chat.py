@@ -373,3 +373,63 @@ def test_learned_targets_are_exactly_the_assistant_turns(conv):
     assert BYTE.decode(targets) == "".join(a + "<|end|>" for a in answers)
     assert len(targets) == sum(len(a.encode()) + 1 for a in answers)
     assert ids.count(BYTE.special["<|assistant|>"]) == len(answers)
+
+
+ANY_MESSAGE = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "user", "assistant", "tool"]), "content": CONTENT}
+)
+
+
+def assert_mask_invariant(conv):
+    ids, labels = render_conversation_with_labels(conv, BYTE)
+    answers = [m["content"] for m in conv if m["role"] == "assistant"]
+    targets = learned_targets(labels)
+    # Learned targets are exactly each assistant reply and its <|end|>, in order ...
+    assert BYTE.decode(targets) == "".join(a + "<|end|>" for a in answers)
+    assert len(targets) == sum(len(a.encode()) + 1 for a in answers)
+    # ... and each sits where it is predicted: labels[i] is the id at i + 1.
+    assert all(label == ids[i + 1] for i, label in enumerate(labels) if label != IGNORE_INDEX)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(conversations(), st.lists(ANY_MESSAGE, max_size=6)))
+def test_any_messages_that_pass_validation_keep_the_mask_invariant(messages):
+    try:
+        conv = validate_record({"messages": messages})
+    except ValueError:
+        return  # refused: nothing is rendered from it
+    assert_mask_invariant(conv)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+RECORD_LIKE = st.fixed_dictionaries(
+    {"messages": st.one_of(JSON_VALUES, st.lists(st.one_of(ANY_MESSAGE, JSON_VALUES), max_size=4))}
+)
+LINES = st.one_of(
+    st.binary(max_size=60),
+    st.text(max_size=60).map(str.encode),
+    JSON_VALUES.map(lambda v: json.dumps(v).encode()),
+    RECORD_LIKE.map(lambda v: json.dumps(v).encode()),
+    RECORD_LIKE.map(lambda v: json.dumps(v).encode()[:-3]),  # cut short
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(LINES)
+def test_any_line_is_a_record_or_an_error_naming_its_line(tmp_path_factory, line):
+    path = tmp_path_factory.mktemp("jsonl") / "chat.jsonl"
+    path.write_bytes(jsonl(GOOD).encode() + line + b"\n")
+    try:
+        conversations_, _ = load_conversations(path)
+    except XinslmError as e:
+        assert re.match(rf"{re.escape(str(path))}:[2-9]\d*: ", str(e)), str(e)
+        return
+    assert conversations_[0] == GOOD["messages"]
+    for conv in conversations_[1:]:
+        assert_mask_invariant(conv)

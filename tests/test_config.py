@@ -14,8 +14,9 @@ from xinslm.config import (
 from xinslm.errors import XinslmError
 
 TRAIN_KEYS = (
-    "batch_size, beta1, beta2, compile, device, eval_batches, eval_every, grad_accum, "
-    "grad_clip, log_every, lr, max_steps, min_lr_frac, seed, warmup_steps, weight_decay"
+    "batch_size, beta1, beta2, checkpoint_every, compile, device, eval_batches, eval_every, "
+    "grad_accum, grad_clip, log_every, lr, max_steps, min_lr_frac, seed, warmup_steps, "
+    "weight_decay"
 )
 
 

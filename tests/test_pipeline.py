@@ -9,8 +9,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -172,6 +174,35 @@ def test_trained_bpe_vocab_size_reruns_the_tokenizer_and_all_after_it(clean: Pat
     edit_params(clean, {"tokenizer": {"vocab_size": 320}})
     assert stages_rerun(clean) == ALL_STAGES
     assert stages_rerun(clean) == set()
+
+
+def test_killed_pretrain_continues_under_dvc_repro(clean: Path) -> None:
+    edit_params(clean, {"pretrain": {"max_steps": 300, "checkpoint_every": 10}})
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    proc = subprocess.Popen(
+        ["dvc", "repro", "pretrain"],
+        cwd=clean,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    resume = clean / "checkpoints/resume/pretrain.pt"
+    while not resume.exists():
+        assert proc.poll() is None, "pretrain ended before its first resume checkpoint"
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage: the machine died
+    proc.wait()
+
+    out = run(["dvc", "repro", "pretrain"], clean).stdout
+    assert "Running stage 'pretrain'" in out
+    assert "pretrain: resuming from checkpoints/resume/pretrain.pt at step" in out
+    assert not resume.exists()
+    resumed = (clean / "checkpoints/base.pt").read_bytes()
+    # The same stage never interrupted (DVC's run cache would just restore the output).
+    run(["dvc", "repro", "--force", "--no-run-cache", "--single-item", "pretrain"], clean)
+    assert (clean / "checkpoints/base.pt").read_bytes() == resumed
 
 
 def test_sft_starts_from_base_checkpoint(repo: Path) -> None:

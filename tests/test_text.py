@@ -8,7 +8,15 @@ from conftest import dot_entries
 from xinslm.errors import XinslmError
 from xinslm.text import pack_blocks, tokenize_text
 from xinslm.tokenizer import ByteTokenizer
-from xinslm.tokens import ArrayWriter, open_array, read_meta, token_dtype, write_meta
+from xinslm.tokens import (
+    ArrayWriter,
+    atomic_dir,
+    atomic_file,
+    open_array,
+    read_meta,
+    token_dtype,
+    write_meta,
+)
 
 BYTE = ByteTokenizer()
 BOS = 256
@@ -223,4 +231,39 @@ def test_pack_blocks_too_short_stream(tmp_path):
     with pytest.raises(XinslmError, match=re.escape(problem)):
         pack_blocks(tmp_path / "tokens", out, context_len=5)
     assert not out.exists()
+    assert dot_entries(tmp_path) == []
+
+
+# --- atomic writes -----------------------------------------------------------------------
+
+
+def test_atomic_dir_replaces_the_whole_directory_and_clears_leftovers(tmp_path):
+    out = tmp_path / "art"
+    out.mkdir()
+    (out / "old.bin").write_text("old")
+    (tmp_path / ".art.x1.tmp").mkdir()  # left by a run that was killed mid-write
+    (tmp_path / ".art.x2.old.tmp").mkdir()
+    with atomic_dir(out) as tmp:
+        (tmp / "new.bin").write_text("new")
+        assert [p.name for p in out.iterdir()] == ["old.bin"]  # the old one until the end
+    assert [p.name for p in out.iterdir()] == ["new.bin"]
+    assert dot_entries(tmp_path) == []
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "half.bin").write_text("half")
+        raise RuntimeError("killed")
+    assert [p.name for p in out.iterdir()] == ["new.bin"]
+    assert dot_entries(tmp_path) == []
+
+
+def test_atomic_file_keeps_the_old_file_on_failure_and_clears_leftovers(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text("old")
+    (tmp_path / ".metrics.json.abc.tmp").write_text("half")  # a killed run's
+    with pytest.raises(RuntimeError), atomic_file(path) as tmp:
+        tmp.write_text("ne")
+        raise RuntimeError("killed")
+    assert path.read_text() == "old"
+    with atomic_file(path) as tmp:
+        tmp.write_text("new")
+    assert path.read_text() == "new"
     assert dot_entries(tmp_path) == []

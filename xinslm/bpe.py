@@ -27,11 +27,13 @@ SPLIT_PATTERN = (
 )
 
 
-def training_text(input_path: str | Path, val_fraction: float, max_chars: int) -> Iterator[str]:
+def training_text(
+    input_path: str | Path, val_fraction: float, max_chars: int, utf8_errors: str = "strict"
+) -> Iterator[str]:
     """The train split of the text inputs, in chunks, up to max_chars characters."""
     left = max_chars
     for path in text_files(input_path):
-        for split, text in read_text_chunks(path, val_fraction, 1 << 20):
+        for split, text in read_text_chunks(path, val_fraction, 1 << 20, utf8_errors):
             if split != "train":
                 continue
             yield text[:left]

@@ -6,7 +6,9 @@ weights_only=True)` can read it: a crafted pickle that tries to execute code is 
 
 from __future__ import annotations
 
+import hashlib
 import pickle
+import sys
 from pathlib import Path
 
 import torch
@@ -25,7 +27,21 @@ def save_checkpoint(path: str | Path, **contents: object) -> None:
         # Saving through a file object names the archive inside "archive" rather than after
         # the temporary file, so the same contents always give the same bytes (and DVC can
         # see that a rerun changed nothing).
-        torch.save({"format": FORMAT, **contents}, f)
+        torch.save(_canonical({"format": FORMAT, **contents}), f)
+
+
+def _canonical(value: object) -> object:
+    """A copy with fresh containers and interned strings. Pickle writes a repeated object once
+    and refers back to it, so which equal values are the same object changes the bytes; after
+    this, equal contents give equal bytes whether they were built here or loaded from a
+    resume checkpoint."""
+    if isinstance(value, dict):
+        return {_canonical(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_canonical(v) for v in value)
+    if isinstance(value, str):
+        return sys.intern(value)
+    return value
 
 
 def load_checkpoint(path: str | Path, tokenizer: dict | None = None) -> dict:
@@ -53,6 +69,14 @@ def load_checkpoint(path: str | Path, tokenizer: dict | None = None) -> dict:
     if tokenizer is not None:
         check_tokenizer(path, ckpt["tokenizer"], tokenizer)
     return ckpt
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def model_from_checkpoint(ckpt: dict) -> NanoChatModel:

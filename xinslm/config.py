@@ -41,6 +41,7 @@ class TextParams:
     input: str = "data/example_data_text.txt"
     val_fraction: float = 0.1
     chunk_bytes: int = 4 * 1024 * 1024
+    utf8_errors: Literal["strict", "replace"] = "strict"
 
     def check(self) -> None:
         _in_range("val_fraction", self.val_fraction, 0.0, 0.5)
@@ -93,6 +94,7 @@ class TrainParams:
     log_every: int = 10
     eval_every: int = 50
     eval_batches: int = 8
+    checkpoint_every: int = 100
     seed: int = 1337
     device: str = "auto"
     compile: bool = False
@@ -108,6 +110,10 @@ class TrainParams:
         ):
             _positive(key, getattr(self, key))
         _positive("lr", self.lr)
+        if not 0 <= self.checkpoint_every < math.inf:
+            raise ValueError(
+                f"checkpoint_every: must be >= 0 (0: never), got {self.checkpoint_every}"
+            )
         _in_range("min_lr_frac", self.min_lr_frac, 0.0, 1.0)
         _in_range("beta1", self.beta1, 0.0, 1.0)
         _in_range("beta2", self.beta2, 0.0, 1.0)

@@ -67,6 +67,12 @@ class BlockBatches:
         rows = torch.from_numpy(self.blocks[self.indices.next()].astype(np.int64))
         return rows[:, :-1], rows[:, 1:]
 
+    def state_dict(self) -> dict:
+        return self.indices.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.indices.load_state_dict(state)
+
 
 def val_block_batches(blocks: np.ndarray, batch_size: int, max_batches: int) -> Iterator[Batch]:
     """The first `max_batches` batches of the val blocks, always the same ones."""
@@ -113,6 +119,12 @@ class ChatBatches:
 
     def __next__(self) -> Batch:
         return self.data.batch(self.indices.next())
+
+    def state_dict(self) -> dict:
+        return self.indices.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.indices.load_state_dict(state)
 
 
 def val_chat_batches(data: ChatData, batch_size: int, max_batches: int) -> Iterator[Batch]:

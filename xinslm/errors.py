@@ -16,7 +16,7 @@ def run_main(main: Callable[[], None]) -> None:
         main()
     except XinslmError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(getattr(e, "exit_code", 1))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

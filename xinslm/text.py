@@ -38,18 +38,19 @@ def text_files(path: str | Path) -> list[Path]:
 
 
 def read_text_chunks(
-    path: Path, val_fraction: float, chunk_bytes: int
+    path: Path, val_fraction: float, chunk_bytes: int, utf8_errors: str = "strict"
 ) -> Iterator[tuple[str, str]]:
-    """Yield (split, text) chunks of `path`, about chunk_bytes each, decoded as strict UTF-8
-    (a bad byte names its offset). The val split starts at the first line start in the last
+    """Yield (split, text) chunks of `path`, about chunk_bytes each, decoded as UTF-8: with
+    utf8_errors 'strict' a bad byte is an error naming its offset, with 'replace' it becomes
+    U+FFFD. The val split starts at the first line start in the last
     val_fraction of the bytes. Chunks end where `safe_cut` allows, so a split encoded chunk by
     chunk gives the ids of the split encoded whole; failing that (no such place in 8 chunks'
     worth of text) at a newline, and failing that (one very long line) anywhere."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         val_start = _line_start_from(f, size - int(size * val_fraction))
-        yield from _decoded_chunks(f, path, "train", 0, val_start, chunk_bytes)
-        yield from _decoded_chunks(f, path, "val", val_start, size, chunk_bytes)
+        yield from _decoded_chunks(f, path, "train", 0, val_start, chunk_bytes, utf8_errors)
+        yield from _decoded_chunks(f, path, "val", val_start, size, chunk_bytes, utf8_errors)
 
 
 def _line_start_from(f: BinaryIO, offset: int) -> int:
@@ -66,9 +67,9 @@ def _line_start_from(f: BinaryIO, offset: int) -> int:
 
 
 def _decoded_chunks(
-    f: BinaryIO, path: Path, split: str, begin: int, end: int, chunk_bytes: int
+    f: BinaryIO, path: Path, split: str, begin: int, end: int, chunk_bytes: int, errors: str
 ) -> Iterator[tuple[str, str]]:
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
     f.seek(begin)
     pos, carry = begin, ""  # pos: the file offset of the next byte to read
     while pos < end:
@@ -82,7 +83,10 @@ def _decoded_chunks(
             text = carry + decoder.decode(data, final=last)
         except UnicodeDecodeError as e:
             start = pos - len(held) + e.start
-            raise XinslmError(f"{path}: not valid UTF-8 at byte {start} ({e.reason})") from None
+            raise XinslmError(
+                f"{path}: not valid UTF-8 at byte {start} ({e.reason}); fix the file, or set "
+                "text.utf8_errors: replace to read bad bytes as U+FFFD"
+            ) from None
         pos += want
         cut = len(text) if last else safe_cut(text, 0, len(text))
         if cut < 0 and len(text) < 8 * chunk_bytes:
@@ -101,6 +105,7 @@ def tokenize_text(
     out_dir: str | Path,
     val_fraction: float,
     chunk_bytes: int = 4 << 20,
+    utf8_errors: str = "strict",
 ) -> dict:
     """Write `train.bin` and `val.bin` token streams plus meta.json into `out_dir`."""
     files = text_files(input_path)
@@ -111,7 +116,7 @@ def tokenize_text(
         writers = {s: ArrayWriter(tmp / f"{s}.bin", dtype) for s in ("train", "val")}
         for path in files:
             started = set()
-            for split, text in read_text_chunks(path, val_fraction, chunk_bytes):
+            for split, text in read_text_chunks(path, val_fraction, chunk_bytes, utf8_errors):
                 if split not in started:  # each document's part in a split starts with BOS
                     writers[split].write([tokenizer.bos_id])
                     counts[split]["documents"] += 1

@@ -1,11 +1,14 @@
 """One training loop for both stages: AdamW, warmup then cosine decay, gradient accumulation,
-clipping, periodic val loss, mixed precision and compile on GPU, metrics through dvclive."""
+clipping, periodic val loss, mixed precision and compile on GPU, metrics through dvclive, and
+resume checkpoints from which a killed run continues exactly (xinslm.resume)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -17,9 +20,11 @@ from tqdm import tqdm
 
 from xinslm.checkpoint import save_checkpoint
 from xinslm.config import TrainParams
-from xinslm.data import Batch
+from xinslm.data import Batch, BlockBatches, ChatBatches
 from xinslm.errors import XinslmError
 from xinslm.model import NanoChatModel
+from xinslm.resume import FREE_PARAMS, load_resume, rng_state, save_resume, set_rng_state
+from xinslm.tokens import atomic_dir
 
 
 def seed_everything(seed: int) -> None:
@@ -80,96 +85,228 @@ def evaluate(model: torch.nn.Module, batches: Iterator[Batch], device: torch.dev
     return total / max(count, 1)
 
 
+class TrainingStopped(XinslmError):
+    """SIGTERM or Ctrl-C stopped a run after it saved a resume checkpoint."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[dict]:
+    """Turn SIGTERM and a first Ctrl-C into a request to stop at the next step boundary (where
+    a resume checkpoint can be saved); a second Ctrl-C stops at once."""
+    request: dict = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield request  # signal handlers can only be set from the main thread
+        return
+
+    def handle(signum: int, frame: object) -> None:
+        if request["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        request["signal"] = signum
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield request
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _first_bad(losses: list[float], first_step: int, desc: str, kept: str) -> None:
+    for i, loss in enumerate(losses):
+        if not math.isfinite(loss):
+            raise XinslmError(f"{desc}: loss became {loss} at step {first_step + i}{kept}")
+
+
 def train_loop(
     model: NanoChatModel,
-    train_batches: Iterator[Batch],
+    train_batches: BlockBatches | ChatBatches,
     val_batches: Callable[[], Iterator[Batch]] | None,
     params: TrainParams,
     out_path: str | Path,
     live_dir: str | Path | None,
     checkpoint_extra: dict,
     desc: str = "train",
+    resume_path: str | Path | None = None,
+    data_identity: dict | None = None,
 ) -> dict:
     """Train `model` for params.max_steps optimizer steps and save the checkpoint to out_path.
 
     Logs train loss, val loss, lr and tokens/s to dvclive in `live_dir` (None: no logging,
-    for scripts that run without dvc); returns the summary (final train and val loss, tokens
-    seen, seconds).
+    for scripts that run without dvc; the folder is replaced whole when the run ends). With
+    `resume_path`, saves a resume checkpoint there every params.checkpoint_every steps and on
+    SIGTERM or Ctrl-C, continues from one that is there (if it was made by a run with the same
+    model, params and `data_identity`), and removes it when the run completes. Returns the
+    summary (final train and val loss, tokens seen, seconds).
     """
     device = pick_device(params.device)
     model.to(device)
     optimizer = make_optimizer(model, params, device)
     step_fn = torch.compile(model) if params.compile else model
-    live = None
-    if live_dir is not None:
-        from dvclive import Live
-
-        live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
-    summary: dict = {"train_loss": None, "val_loss": None, "tokens": 0}
-    window_loss = torch.zeros((), device=device)
-    window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
+    settings = {k: v for k, v in asdict(params).items() if k not in FREE_PARAMS}
+    identity = {"stage": desc, "model": model.config.to_dict(), "params": settings}
+    identity["data"] = data_identity or {}
+    # Everything besides weights, optimizer, data position and RNG that a resumed run needs
+    # to end exactly as an uninterrupted one: the loss window and what was logged so far.
+    run: dict = {
+        "step": 0,
+        "summary": {"train_loss": None, "val_loss": None, "tokens": 0},
+        "history": [],  # (step, metrics) per log line, replayed into dvclive on resume
+        "window_losses": torch.zeros(params.log_every),
+        "window_steps": 0,
+        "window_tokens": 0,
+    }
+    resume = load_resume(resume_path, identity) if resume_path is not None else None
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        train_batches.load_state_dict(resume["data"])
+        set_rng_state(resume["rng"])
+        run = resume["run"]
+        tqdm.write(f"{desc}: resuming from {resume_path} at step {run['step']}")
+    window_losses = run["window_losses"].to(device)
+    window_start, timed_tokens = time.perf_counter(), 0
     start = time.perf_counter()
-    bar = tqdm(range(params.max_steps), desc=desc, unit="step", disable=None, mininterval=1.0)
-    for step in bar:
-        lr = lr_at(step, params)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        for _ in range(params.grad_accum):
-            x, y = next(train_batches)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast_for(device):
-                _, loss = step_fn(x, y)
-            (loss / params.grad_accum).backward()
-            window_loss += loss.detach() / params.grad_accum
-            window_tokens += int(x.numel())
-        if params.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        window_steps += 1
-        last = step == params.max_steps - 1
-        if window_steps == params.log_every or last:
-            train_loss = float(window_loss) / window_steps  # the one host sync per window
-            if not math.isfinite(train_loss):
-                raise XinslmError(f"{desc}: loss became {train_loss} at step {step + 1}")
-            elapsed = time.perf_counter() - window_start
-            summary["tokens"] += window_tokens
-            metrics = {
-                "train/loss": train_loss,
-                "lr": lr,
-                "tokens_per_sec": window_tokens / elapsed,
-            }
-            summary["train_loss"] = train_loss
-            bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{window_tokens / elapsed:,.0f}")
-            window_loss.zero_()
-            window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
-            if val_batches is not None and ((step + 1) % params.eval_every == 0 or last):
-                summary["val_loss"] = metrics["val/loss"] = evaluate(model, val_batches(), device)
-                tqdm.write(
-                    f"{desc} step {step + 1}/{params.max_steps}: train loss {train_loss:.4f}, "
-                    f"val loss {summary['val_loss']:.4f}"
+
+    def kept() -> str:
+        if resume_path is None or not Path(resume_path).exists():
+            return ""
+        return (
+            f"; the last good state is {resume_path} (step {run['step']}): rerun to continue "
+            "from it, or delete it to start over with other params"
+        )
+
+    def save_resume_checkpoint(done: int) -> None:
+        # Only a good state is kept: a NaN or inf in the losses so far or in the weights
+        # stops the run here and leaves the last good resume checkpoint as it was.
+        losses = window_losses[: run["window_steps"]].tolist()
+        _first_bad(losses, done - len(losses) + 1, desc, kept())
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise XinslmError(f"{desc}: weights became non-finite by step {done}{kept()}")
+        run["step"], run["window_losses"] = done, window_losses.cpu()
+        save_resume(
+            resume_path,
+            model={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            model_config=model.config.to_dict(),
+            tokenizer=checkpoint_extra.get("tokenizer", {}),
+            optimizer=optimizer.state_dict(),
+            step=done,
+            data=train_batches.state_dict(),
+            rng=rng_state(),
+            run=run,
+            identity=identity,
+        )
+
+    with contextlib.ExitStack() as stack:
+        # Without a place for a resume checkpoint, SIGTERM and Ctrl-C act as they always do.
+        no_stop: dict = {"signal": None}
+        stop = stack.enter_context(stop_requests()) if resume_path is not None else no_stop
+        live = None
+        if live_dir is not None:
+            from dvclive import Live
+
+            live_tmp = stack.enter_context(atomic_dir(live_dir))
+            live = Live(str(live_tmp), dvcyaml=None, save_dvc_exp=False, report=None)
+            for logged_step, metrics in run["history"]:
+                _log(live, logged_step, metrics)
+        bar = tqdm(
+            range(run["step"], params.max_steps),
+            desc=desc,
+            unit="step",
+            disable=None,
+            mininterval=1.0,
+            initial=run["step"],
+            total=params.max_steps,
+        )
+        for step in bar:
+            lr = lr_at(step, params)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = torch.zeros((), device=device)
+            for _ in range(params.grad_accum):
+                x, y = next(train_batches)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with autocast_for(device):
+                    _, loss = step_fn(x, y)
+                (loss / params.grad_accum).backward()
+                step_loss += loss.detach() / params.grad_accum
+                run["window_tokens"] += int(x.numel())
+                timed_tokens += int(x.numel())
+            if params.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            window_losses[run["window_steps"]] = step_loss
+            run["window_steps"] += 1
+            done = step + 1
+            if run["window_steps"] == params.log_every or done == params.max_steps:
+                losses = window_losses[: run["window_steps"]].tolist()  # one host sync a window
+                _first_bad(losses, done - len(losses) + 1, desc, kept())
+                train_loss = sum(losses) / len(losses)
+                elapsed = time.perf_counter() - window_start
+                metrics = {
+                    "train/loss": train_loss,
+                    "lr": lr,
+                    "tokens_per_sec": timed_tokens / elapsed,
+                }
+                run["summary"]["tokens"] += run["window_tokens"]
+                run["summary"]["train_loss"] = train_loss
+                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{timed_tokens / elapsed:,.0f}")
+                run["window_steps"], run["window_tokens"] = 0, 0
+                window_start, timed_tokens = time.perf_counter(), 0
+                if val_batches is not None and (
+                    done % params.eval_every == 0 or done == params.max_steps
+                ):
+                    val_loss = evaluate(model, val_batches(), device)
+                    run["summary"]["val_loss"] = metrics["val/loss"] = val_loss
+                    tqdm.write(
+                        f"{desc} step {done}/{params.max_steps}: train loss {train_loss:.4f}, "
+                        f"val loss {val_loss:.4f}"
+                    )
+                run["history"].append((done, metrics))
+                if live is not None:
+                    _log(live, done, metrics)
+            if done == params.max_steps or resume_path is None:
+                continue
+            if stop["signal"] is not None or (
+                params.checkpoint_every and done % params.checkpoint_every == 0
+            ):
+                save_resume_checkpoint(done)
+            if stop["signal"] is not None:
+                name = signal.Signals(stop["signal"]).name
+                raise TrainingStopped(
+                    f"{desc}: stopped by {name} at step {done}; saved {resume_path}: "
+                    "run the stage again (dvc repro) to continue from there",
+                    stop["signal"],
                 )
-            if live is not None:
-                live.step = step + 1  # dvclive's x axis: optimizer steps done
-                for name, value in metrics.items():
-                    live.log_metric(name, value)
-                live.next_step()
-    bar.close()
-    summary["steps"] = params.max_steps
-    # No timings in the checkpoint: the same inputs give the same bytes, so DVC can see that a
-    # rerun changed nothing and skip the stages after it.
-    save_checkpoint(
-        out_path,
-        model={k: v.detach().cpu() for k, v in model.state_dict().items()},
-        model_config=model.config.to_dict(),
-        optimizer=optimizer.state_dict(),
-        step=params.max_steps,
-        train_params=asdict(params),
-        summary=summary,
-        **checkpoint_extra,
-    )
-    summary["seconds"] = round(time.perf_counter() - start, 2)
-    if live is not None:
-        live.summary.update(seconds=summary["seconds"], tokens=summary["tokens"])
-        live.end()
+        bar.close()
+        summary = {**run["summary"], "steps": params.max_steps}
+        # No timings in the checkpoint: the same inputs give the same bytes, so DVC can see
+        # that a rerun changed nothing and skip the stages after it.
+        save_checkpoint(
+            out_path,
+            model={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            model_config=model.config.to_dict(),
+            optimizer=optimizer.state_dict(),
+            step=params.max_steps,
+            train_params=asdict(params),
+            summary=summary,
+            **checkpoint_extra,
+        )
+        summary["seconds"] = round(time.perf_counter() - start, 2)
+        if live is not None:
+            live.summary.update(seconds=summary["seconds"], tokens=summary["tokens"])
+            live.end()
+    if resume_path is not None:
+        Path(resume_path).unlink(missing_ok=True)  # the run is complete
     return summary
+
+
+def _log(live, step: int, metrics: dict) -> None:
+    live.step = step  # dvclive's x axis: optimizer steps done
+    for name, value in metrics.items():
+        live.log_metric(name, value)
+    live.next_step()

@@ -1,0 +1,385 @@
+"""Hostile input, end to end: each case runs a stage script (or the CLI) on one bad input and
+checks the one-line message naming file, line or key, the exit code, that no traceback is
+printed, and that no output or temporary file is left behind."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD_CHAT = (
+    '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+)
+TEXT = "data/example_data_text.txt"
+CHAT = "data/example_data_chat.jsonl"
+SKIP_HINT = " (set chat.on_error: skip to skip such records)"
+TINY_MODEL = {"context_len": 32, "n_layer": 1, "n_head": 2, "n_kv_head": 1, "n_embd": 16}
+OUTPUTS = {
+    "tokenize-text": "data/tokens",
+    "pack": "data/blocks",
+    "render-chat": "data/chat",
+    "pretrain": "checkpoints/base.pt",
+    "sft": "checkpoints/chat.pt",
+}
+
+
+def run_stage(name: str, cwd: Path) -> subprocess.CompletedProcess:
+    script = ROOT / "stages" / f"{name}.py"
+    return subprocess.run([sys.executable, script], cwd=cwd, capture_output=True, text=True)
+
+
+def set_param(cwd: Path, section: str, key: str, value) -> None:
+    params = yaml.safe_load((cwd / "params.yaml").read_text())
+    params[section][key] = value
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A folder laid out like the repo, with good small inputs already tokenized, packed and
+    rendered, and a tiny base checkpoint."""
+    work = tmp_path_factory.mktemp("hostile") / "prepared"
+    (work / "data").mkdir(parents=True)
+    shutil.copy(ROOT / "params.yaml", work / "params.yaml")
+    (work / TEXT).write_text("Some text.\n" * 200)
+    (work / CHAT).write_text(GOOD_CHAT * 10)
+    (work / "data" / "example_data_chat_val.jsonl").write_text(GOOD_CHAT * 2)
+    for key, value in TINY_MODEL.items():
+        set_param(work, "model", key, value)
+    set_param(work, "pretrain", "max_steps", 2)
+    for stage in ("tokenize-text", "pack", "render-chat", "pretrain"):
+        proc = run_stage(stage, work)
+        assert proc.returncode == 0, proc.stderr
+    return work
+
+
+@pytest.fixture
+def workdir(prepared: Path, tmp_path: Path) -> Path:
+    work = tmp_path / "work"
+    shutil.copytree(prepared, work)
+    return work
+
+
+def write(path: str, content: str | bytes) -> Callable[[Path], None]:
+    def setup(work: Path) -> None:
+        target = work / path
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content)
+
+    return setup
+
+
+def chat_line(line: str) -> Callable[[Path], None]:
+    """The chat file with `line` as its third line."""
+    return write(CHAT, GOOD_CHAT * 2 + line + "\n" + GOOD_CHAT)
+
+
+def param(section: str, key: str, value) -> Callable[[Path], None]:
+    return lambda work: set_param(work, section, key, value)
+
+
+def remove(path: str) -> Callable[[Path], None]:
+    def setup(work: Path) -> None:
+        target = work / path
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+
+    return setup
+
+
+def tokenized(text: bytes) -> Callable[[Path], None]:
+    def setup(work: Path) -> None:
+        (work / TEXT).write_bytes(text)
+        assert run_stage("tokenize-text", work).returncode == 0
+
+    return setup
+
+
+def text_dir_without_txt(work: Path) -> None:
+    (work / "corpus").mkdir()
+    (work / "corpus" / "notes.md").write_text("text\n")
+    set_param(work, "text", "input", "corpus")
+
+
+class RunsCode:
+    """Unpickling this calls open(marker, 'w'): a checkpoint that tries to run code on load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def base_checkpoint(make: Callable[[Path], object]) -> Callable[[Path], None]:
+    def setup(work: Path) -> None:
+        torch.save(make(work), work / "checkpoints" / "base.pt")
+
+    return setup
+
+
+def other_tokenizer_checkpoint(work: Path) -> dict:
+    ckpt = torch.load(work / "checkpoints" / "base.pt", weights_only=True)
+    ckpt["tokenizer"] = {**ckpt["tokenizer"], "name": "gpt2", "vocab_size": 50262}
+    return ckpt
+
+
+def truncate_base(work: Path) -> None:
+    path = work / "checkpoints" / "base.pt"
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+BASE = "checkpoints/base.pt"
+CASES = [
+    # --- text -----------------------------------------------------------------------------
+    ("text-empty", "tokenize-text", write(TEXT, b""), f"{TEXT}: file is empty"),
+    (
+        "text-missing",
+        "tokenize-text",
+        remove(TEXT),
+        f"{TEXT}: text input not found (set text.input in params.yaml)",
+    ),
+    (
+        "text-dir-without-txt",
+        "tokenize-text",
+        text_dir_without_txt,
+        "corpus: directory holds no .txt files",
+    ),
+    (
+        "text-not-utf8",
+        "tokenize-text",
+        write(TEXT, b"ok line\n" * 10 + b"bad \xff byte\n"),
+        f"{TEXT}: not valid UTF-8 at byte 84 (invalid start byte); fix the file, or set "
+        "text.utf8_errors: replace to read bad bytes as U+FFFD",
+    ),
+    (
+        "text-too-short-for-a-block",
+        "pack",
+        tokenized(b"x\n" * 10),
+        "data/tokens: 19 train tokens make no block of context_len+1 = 33; lower "
+        "model.context_len or add text",
+    ),
+    # --- chat -----------------------------------------------------------------------------
+    (
+        "chat-truncated-json",
+        "render-chat",
+        chat_line('{"messages": [{"role": "user"'),
+        f"{CHAT}:3: malformed JSON: Expecting ',' delimiter at column 30{SKIP_HINT}",
+    ),
+    (
+        "chat-not-an-object",
+        "render-chat",
+        chat_line("[1, 2]"),
+        f"{CHAT}:3: expected a JSON object, got list{SKIP_HINT}",
+    ),
+    (
+        "chat-no-messages",
+        "render-chat",
+        chat_line('{"text": "hi"}'),
+        f"{CHAT}:3: missing field 'messages'{SKIP_HINT}",
+    ),
+    (
+        "chat-messages-not-a-list",
+        "render-chat",
+        chat_line('{"messages": "hi"}'),
+        f"{CHAT}:3: field 'messages' must be a non-empty list{SKIP_HINT}",
+    ),
+    (
+        "chat-message-not-an-object",
+        "render-chat",
+        chat_line('{"messages": ["hi"]}'),
+        f"{CHAT}:3: messages[0] must be an object with 'role' and 'content'{SKIP_HINT}",
+    ),
+    (
+        "chat-content-not-a-string",
+        "render-chat",
+        chat_line('{"messages": [{"role": "user", "content": 5}]}'),
+        f"{CHAT}:3: messages[0].content must be a string, got int{SKIP_HINT}",
+    ),
+    (
+        "chat-unknown-role",
+        "render-chat",
+        chat_line('{"messages": [{"role": "robot", "content": "x"}]}'),
+        f"{CHAT}:3: messages[0].role: 'robot' is not one of system, user, assistant{SKIP_HINT}",
+    ),
+    (
+        "chat-system-not-first",
+        "render-chat",
+        chat_line(
+            '{"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]}'
+        ),
+        f"{CHAT}:3: messages[1].role: a system message may only come first{SKIP_HINT}",
+    ),
+    (
+        "chat-same-role-twice",
+        "render-chat",
+        chat_line(
+            '{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}'
+        ),
+        f"{CHAT}:3: messages[1].role: expected 'assistant' after user{SKIP_HINT}",
+    ),
+    (
+        "chat-no-assistant",
+        "render-chat",
+        chat_line('{"messages": [{"role": "user", "content": "x"}]}'),
+        f"{CHAT}:3: no assistant message: nothing to learn{SKIP_HINT}",
+    ),
+    (
+        "chat-not-utf8",
+        "render-chat",
+        write(CHAT, GOOD_CHAT.encode() * 2 + b'{"messages": "\xff"}\n'),
+        f"{CHAT}:3: not valid UTF-8 (invalid start byte at column 15){SKIP_HINT}",
+    ),
+    ("chat-empty", "render-chat", write(CHAT, "\n\n"), f"{CHAT}: no valid conversations"),
+    (
+        "chat-missing",
+        "render-chat",
+        remove(CHAT),
+        f"{CHAT}: chat file not found (set chat.input in params.yaml)",
+    ),
+    # --- params ---------------------------------------------------------------------------
+    (
+        "params-unknown-key",
+        "pack",
+        param("model", "n_layers", 4),
+        "params.yaml: unknown key 'model.n_layers' (known keys: context_len, logit_softcap, "
+        "n_embd, n_head, n_kv_head, n_layer)",
+    ),
+    (
+        "params-wrong-type",
+        "pretrain",
+        param("pretrain", "compile", "yes"),
+        "params.yaml: pretrain.compile: expected bool, got str 'yes'",
+    ),
+    (
+        "params-n-head-does-not-divide",
+        "pretrain",
+        param("model", "n_head", 3),
+        "params.yaml: model.n_head: 3 does not divide n_embd 16",
+    ),
+    (
+        "params-n-kv-head-does-not-divide",
+        "pretrain",
+        param("model", "n_kv_head", 3),
+        "params.yaml: model.n_kv_head: 3 does not divide n_head 2",
+    ),
+    (
+        "params-negative-lr",
+        "sft",
+        param("sft", "lr", -0.1),
+        "params.yaml: sft.lr: must be > 0, got -0.1",
+    ),
+    (
+        "params-bad-choice",
+        "render-chat",
+        param("chat", "overlong", "wrap"),
+        "params.yaml: chat.overlong: 'wrap' is not one of truncate, drop",
+    ),
+    (
+        "params-not-yaml",
+        "pack",
+        write("params.yaml", "model: [unclosed\n"),
+        "params.yaml: not valid YAML: while parsing a flow sequence",
+    ),
+    (
+        "params-missing-section",
+        "pretrain",
+        write("params.yaml", "model: {}\n"),
+        "params.yaml: missing section 'pretrain'",
+    ),
+    # --- checkpoints ----------------------------------------------------------------------
+    (
+        "checkpoint-missing",
+        "sft",
+        remove(BASE),
+        f"{BASE}: checkpoint not found",
+    ),
+    (
+        "checkpoint-truncated",
+        "sft",
+        truncate_base,
+        f"{BASE}: unreadable or truncated checkpoint (",
+    ),
+    (
+        "checkpoint-garbage",
+        "sft",
+        write(BASE, b"\x00garbage" * 100),
+        f"{BASE}: refused to load: not a plain xinslm checkpoint (corrupt, or holding objects "
+        "that would run code on load)",
+    ),
+    (
+        "checkpoint-runs-code",
+        "sft",
+        base_checkpoint(lambda work: {"format": RunsCode(work / "PWNED")}),
+        f"{BASE}: refused to load: not a plain xinslm checkpoint (corrupt, or holding objects "
+        "that would run code on load)",
+    ),
+    (
+        "checkpoint-not-xinslm",
+        "sft",
+        base_checkpoint(lambda work: {"weights": torch.zeros(3)}),
+        f"{BASE}: not an xinslm checkpoint",
+    ),
+    (
+        "checkpoint-other-tokenizer",
+        "sft",
+        base_checkpoint(other_tokenizer_checkpoint),
+        "data/chat/meta.json: made with tokenizer name='byte', but 'gpt2' is expected; rerun "
+        "the pipeline (dvc repro)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("stage", "setup", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_hostile_input(workdir: Path, stage: str, setup, message: str) -> None:
+    output = workdir / OUTPUTS[stage]
+    if output.is_dir():
+        shutil.rmtree(output)
+    elif output.exists():
+        output.unlink()
+    setup(workdir)
+    proc = run_stage(stage, workdir)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: {message}"), proc.stderr
+    assert proc.stderr.count("\n") == 1  # one line
+    assert not output.exists()  # nothing half-written ...
+    leftovers = [p for p in workdir.rglob(".*") if p.name.endswith(".tmp")]
+    assert leftovers == []  # ... and no temporary file left
+    assert not (workdir / "PWNED").exists()  # nothing from a checkpoint was executed
+
+
+def test_at_least_25_cases() -> None:
+    kinds = {name.split("-")[0] for name, *_ in CASES}
+    assert len(CASES) >= 25 and kinds == {"text", "chat", "params", "checkpoint"}
+
+
+def test_bad_chat_record_skipped_when_asked(workdir: Path) -> None:
+    (workdir / CHAT).write_text(GOOD_CHAT * 2 + "not json\n" + GOOD_CHAT * 7)
+    set_param(workdir, "chat", "on_error", "skip")
+    proc = run_stage("render-chat", workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert "render-chat: 9 train and 2 val conversations" in proc.stdout
+    assert "(1 skipped, 0 truncated, 0 dropped)" in proc.stdout
+    assert f"skipped {CHAT}:3: malformed JSON" in proc.stdout
+
+
+def test_bad_utf8_replaced_when_asked(workdir: Path) -> None:
+    (workdir / TEXT).write_bytes(b"ok line\n" * 10 + b"bad \xff byte\n")
+    set_param(workdir, "text", "utf8_errors", "replace")
+    proc = run_stage("tokenize-text", workdir)
+    assert proc.returncode == 0, proc.stderr
+    ids = np.fromfile(workdir / "data" / "tokens" / "train.bin", dtype=np.uint16)
+    assert bytes(ids[1:].astype(np.uint8)).endswith("bad \ufffd byte\n".encode())
