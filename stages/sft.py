@@ -7,7 +7,7 @@ from xinslm.checkpoint import file_sha256, load_checkpoint, model_from_checkpoin
 from xinslm.config import load_params
 from xinslm.data import ChatBatches, ChatData, val_chat_batches
 from xinslm.errors import XinslmError, run_main
-from xinslm.train import seed_everything, train_loop
+from xinslm.train import pick_device, seed_everything, train_loop, use_compile
 
 BASE, CHAT, OUT, LIVE = "checkpoints/base.pt", "data/chat", "checkpoints/chat.pt", "dvclive/sft"
 RESUME = "checkpoints/resume/sft.pt"  # outside the stage's outs, so a rerun finds it
@@ -21,6 +21,7 @@ def main() -> None:
     if train_data.meta["context_len"] > base["model_config"]["context_len"]:
         raise XinslmError(f"{CHAT} was rendered for a longer context than {BASE} has")
 
+    compiling = use_compile(train_p, pick_device(train_p.device))
     seed_everything(train_p.seed)
     model = model_from_checkpoint(base)
     print(f"sft: from {BASE} (step {base['step']}), {len(train_data):,} train conversations")
@@ -30,7 +31,8 @@ def main() -> None:
 
     summary = train_loop(
         model,
-        ChatBatches(train_data, train_p.batch_size, train_p.seed),
+        # A compiled model gets widths in steps of 64 tokens, not a new shape every batch.
+        ChatBatches(train_data, train_p.batch_size, train_p.seed, pad_to=64 if compiling else 1),
         val_batches if len(val_data) else None,
         train_p,
         out_path=OUT,

@@ -15,8 +15,8 @@ from xinslm.errors import XinslmError
 
 TRAIN_KEYS = (
     "batch_size, beta1, beta2, checkpoint_every, compile, device, eval_batches, eval_every, "
-    "grad_accum, grad_clip, log_every, lr, max_steps, min_lr_frac, seed, warmup_steps, "
-    "weight_decay"
+    "grad_accum, grad_clip, log_every, lr, max_steps, min_lr_frac, muon_lr, muon_momentum, "
+    "optimizer, seed, warmup_steps, weight_decay"
 )
 
 
@@ -40,7 +40,7 @@ def test_sections_load_as_dataclasses(tmp_path):
 
 BAD_PARAMS = [
     ("pretrain:\n  lrr: 0.1\n", f"unknown key 'pretrain.lrr' (known keys: {TRAIN_KEYS})"),
-    ("pretrain:\n  compile: 'yes'\n", "pretrain.compile: expected bool, got str 'yes'"),
+    ("pretrain:\n  compile: 'yes'\n", "pretrain.compile: 'yes' is not one of auto, true, false"),
     ("pretrain:\n  max_steps: true\n", "pretrain.max_steps: expected int, got bool True"),
     ("pretrain:\n  lr: 0.5e-3x\n", "pretrain.lr: expected float, got str '0.5e-3x'"),
     ("pretrain:\n  lr: -0.1\n", "pretrain.lr: must be > 0, got -0.1"),

@@ -252,14 +252,14 @@ CASES = [
         "params-unknown-key",
         "pack",
         param("model", "n_layers", 4),
-        "params.yaml: unknown key 'model.n_layers' (known keys: context_len, logit_softcap, "
-        "n_embd, n_head, n_kv_head, n_layer)",
+        "params.yaml: unknown key 'model.n_layers' (known keys: context_len, dropout, "
+        "logit_softcap, n_embd, n_head, n_kv_head, n_layer)",
     ),
     (
         "params-wrong-type",
         "pretrain",
-        param("pretrain", "compile", "yes"),
-        "params.yaml: pretrain.compile: expected bool, got str 'yes'",
+        param("pretrain", "max_steps", "ten"),
+        "params.yaml: pretrain.max_steps: expected int, got str 'ten'",
     ),
     (
         "params-n-head-does-not-divide",

@@ -56,6 +56,7 @@ class ModelParams:
     n_kv_head: int = 2
     n_embd: int = 128
     logit_softcap: float = 15.0
+    dropout: float = 0.0
 
     def check(self) -> None:
         for key in ("context_len", "n_layer", "n_head", "n_kv_head", "n_embd"):
@@ -67,6 +68,8 @@ class ModelParams:
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_kv_head: {self.n_kv_head} does not divide n_head {self.n_head}")
         _positive("logit_softcap", self.logit_softcap)
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout: must be at least 0 and below 1, got {self.dropout}")
 
 
 @dataclass
@@ -84,7 +87,10 @@ class TrainParams:
     max_steps: int = 300
     batch_size: int = 16
     grad_accum: int = 1
+    optimizer: Literal["adamw", "muon"] = "adamw"
     lr: float = 3e-3
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
     min_lr_frac: float = 0.1
     warmup_steps: int = 30
     weight_decay: float = 0.1
@@ -97,7 +103,7 @@ class TrainParams:
     checkpoint_every: int = 100
     seed: int = 1337
     device: str = "auto"
-    compile: bool = False
+    compile: Literal["auto", True, False] = "auto"
 
     def check(self) -> None:
         for key in (
@@ -110,6 +116,8 @@ class TrainParams:
         ):
             _positive(key, getattr(self, key))
         _positive("lr", self.lr)
+        _positive("muon_lr", self.muon_lr)
+        _in_range("muon_momentum", self.muon_momentum, 0.0, 1.0)
         if not 0 <= self.checkpoint_every < math.inf:
             raise ValueError(
                 f"checkpoint_every: must be >= 0 (0: never), got {self.checkpoint_every}"
@@ -181,8 +189,9 @@ def _check_type(key: str, value: object, hint: object) -> object:
         return value
     if typing.get_origin(hint) is Literal:
         choices = typing.get_args(hint)
-        if value not in choices:
-            raise ValueError(f"{key}: '{value}' is not one of {', '.join(map(str, choices))}")
+        if not any(value == c and type(value) is type(c) for c in choices):
+            shown = ", ".join(str(c).lower() if isinstance(c, bool) else c for c in choices)
+            raise ValueError(f"{key}: '{value}' is not one of {shown}")
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

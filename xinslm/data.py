@@ -6,6 +6,8 @@ another, and can report and restore its position (`state_dict`), so a run can re
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,10 +95,13 @@ class ChatData:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def batch(self, indices: np.ndarray) -> Batch:
-        """Right-padded (input_ids, labels); labels[i] = ids[i+1] where learned, else -100."""
+    def batch(self, indices: np.ndarray, pad_to: int = 1) -> Batch:
+        """Right-padded (input_ids, labels); labels[i] = ids[i+1] where learned, else -100.
+        The width is a multiple of pad_to (at most context_len), so that a compiled model
+        sees a few shapes rather than one per batch."""
         spans = [(int(self.offsets[i]), int(self.offsets[i + 1])) for i in indices]
         width = max(end - start for start, end in spans)
+        width = max(width, min(-(-width // pad_to) * pad_to, self.meta["context_len"]))
         input_ids = torch.zeros(len(spans), width, dtype=torch.int64)
         labels = torch.full((len(spans), width), IGNORE_INDEX, dtype=torch.int64)
         for row, (start, end) in enumerate(spans):
@@ -110,15 +115,15 @@ class ChatData:
 class ChatBatches:
     """SFT batches: shuffled conversations, padded to the longest in the batch."""
 
-    def __init__(self, data: ChatData, batch_size: int, seed: int) -> None:
-        self.data = data
+    def __init__(self, data: ChatData, batch_size: int, seed: int, pad_to: int = 1) -> None:
+        self.data, self.pad_to = data, pad_to
         self.indices = ShuffledIndices(len(data), batch_size, seed)
 
     def __iter__(self) -> Iterator[Batch]:
         return self
 
     def __next__(self) -> Batch:
-        return self.data.batch(self.indices.next())
+        return self.data.batch(self.indices.next(), self.pad_to)
 
     def state_dict(self) -> dict:
         return self.indices.state_dict()
@@ -131,3 +136,53 @@ def val_chat_batches(data: ChatData, batch_size: int, max_batches: int) -> Itera
     """The first `max_batches` batches of val conversations, always the same ones."""
     for first in range(0, min(len(data), batch_size * max_batches), batch_size):
         yield data.batch(np.arange(first, min(len(data), first + batch_size)))
+
+
+class Prefetcher:
+    """The batches of `batches`, made ahead on a background thread (in pinned memory on a GPU)
+    and copied to `device` without blocking, so the next batch is ready while a step runs.
+    state_dict() is the position after the batches handed out, not after those made ahead,
+    so a resume checkpoint taken between steps continues exactly."""
+
+    def __init__(self, batches: BlockBatches | ChatBatches, device: torch.device, ahead: int = 2):
+        self.batches, self.device = batches, torch.device(device)
+        self._state = batches.state_dict()
+        self._queue: queue.Queue = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, daemon=True, name="prefetch")
+        self._thread.start()
+
+    def _put(self, item: object) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _fill(self) -> None:
+        try:
+            while not self._stop.is_set():
+                x, y = next(self.batches)
+                if self.device.type == "cuda":
+                    x, y = x.pin_memory(), y.pin_memory()
+                self._put((x, y, self.batches.state_dict()))
+        except BaseException as e:  # handed to the training thread, raised there
+            self._put(e)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        x, y, self._state = item
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def state_dict(self) -> dict:
+        return self._state
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -5,7 +5,9 @@ Following nanochat's gpt.py (MIT) and nanoGPT's model.py (MIT):
 - rotary position embeddings (RoPE) instead of learned positions;
 - grouped-query attention: n_kv_head key/value heads shared by n_head query heads;
 - a ReLU^2 MLP, no biases anywhere, untied input embedding and output head;
-- logits squashed by softcap * tanh(logits / softcap).
+- logits squashed by softcap * tanh(logits / softcap);
+- optional dropout (as nanoGPT) on attention weights and on each block's two outputs; off by
+  default, as in nanochat, and always off in eval mode and generation.
 Attention runs through F.scaled_dot_product_attention, so GPUs get flash attention.
 """
 
@@ -87,6 +89,7 @@ class CausalSelfAttention(nn.Module):
         self.c_k = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
         self.c_v = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.dropout = config.dropout
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None
@@ -108,7 +111,13 @@ class CausalSelfAttention(nn.Module):
                     mask = mask.tril(diagonal=past)
         # enable_gqa lets each group of query heads read its shared k/v head without copies.
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv_head != self.n_head
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal,
+            enable_gqa=self.n_kv_head != self.n_head,
         )
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -128,12 +137,16 @@ class Block(nn.Module):
         super().__init__()
         self.attn = CausalSelfAttention(config, layer)
         self.mlp = MLP(config)
+        self.dropout = config.dropout
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, self.dropout, self.training) if self.dropout else x
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None
     ) -> torch.Tensor:
-        x = x + self.attn(norm(x), cos, sin, cache)
-        return x + self.mlp(norm(x))
+        x = x + self._drop(self.attn(norm(x), cos, sin, cache))
+        return x + self._drop(self.mlp(norm(x)))
 
 
 class NanoChatModel(nn.Module):

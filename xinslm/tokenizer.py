@@ -18,7 +18,7 @@ import numpy as np
 
 from xinslm.errors import XinslmError
 
-PIECE_CHARS = 1 << 20  # text per piece of a threaded encode
+PIECE_CHARS = 1 << 16  # the least text per piece of a threaded encode
 ENCODE_THREADS = os.cpu_count() or 1
 BPE_DIR = "data/tokenizer"  # where the train-tokenizer stage writes a trained BPE
 BPE_FILE = "bpe.tiktoken"
@@ -219,7 +219,9 @@ class TiktokenTokenizer(Tokenizer):
         # tiktoken's Rust core releases the GIL and no Python int is made per token.
         if self._pool is None:
             self._pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="encode")
-        pieces = split_at_lines(text, PIECE_CHARS)
+        # Enough pieces to keep every thread busy (about four each), none too small to pay.
+        size = max(PIECE_CHARS, len(text) // (4 * ENCODE_THREADS) + 1)
+        pieces = split_at_lines(text, size)
         arrays = self._pool.map(
             lambda piece: self._enc.encode_to_numpy(piece, disallowed_special=()), pieces
         )

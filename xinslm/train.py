@@ -20,9 +20,10 @@ from tqdm import tqdm
 
 from xinslm.checkpoint import save_checkpoint
 from xinslm.config import TrainParams
-from xinslm.data import Batch, BlockBatches, ChatBatches
+from xinslm.data import Batch, BlockBatches, ChatBatches, Prefetcher
 from xinslm.errors import XinslmError
 from xinslm.model import NanoChatModel
+from xinslm.muon import Muon
 from xinslm.resume import FREE_PARAMS, load_resume, rng_state, save_resume, set_rng_state
 from xinslm.tokens import atomic_dir
 
@@ -42,26 +43,59 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def lr_at(step: int, params: TrainParams) -> float:
-    """Linear warmup to params.lr, then cosine decay to params.lr * min_lr_frac."""
+def lr_scale(step: int, params: TrainParams) -> float:
+    """The schedule, as a fraction of each optimizer's peak lr: linear warmup to 1, then
+    cosine decay to min_lr_frac."""
     if step < params.warmup_steps:
-        return params.lr * (step + 1) / params.warmup_steps
+        return (step + 1) / params.warmup_steps
     span = max(1, params.max_steps - params.warmup_steps)
     progress = min(1.0, (step - params.warmup_steps) / span)
-    scale = params.min_lr_frac + (1 - params.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
-    return params.lr * scale
+    return params.min_lr_frac + (1 - params.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: NanoChatModel, params: TrainParams, device: torch.device):
-    """AdamW; weight decay on the matrices only (not on norms or scalars, which have none here)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": params.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return torch.optim.AdamW(
-        groups, lr=params.lr, betas=(params.beta1, params.beta2), fused=device.type == "cuda"
+def lr_at(step: int, params: TrainParams) -> float:
+    """AdamW's learning rate at `step`: params.lr times the schedule."""
+    return params.lr * lr_scale(step, params)
+
+
+def make_optimizers(
+    model: NanoChatModel, params: TrainParams, device: torch.device
+) -> list[torch.optim.Optimizer]:
+    """AdamW, with weight decay on the matrices only. With optimizer: muon, Muon takes the
+    matrices inside the blocks and AdamW keeps the embedding and the head (nanochat's split)."""
+    muon = params.optimizer == "muon"
+    hidden = [p for p in model.blocks.parameters() if p.dim() == 2] if muon else []
+    taken = {id(p) for p in hidden}
+    rest = [p for p in model.parameters() if id(p) not in taken]
+    groups = [
+        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": params.weight_decay},
+        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    adamw = torch.optim.AdamW(
+        [g for g in groups if g["params"]],
+        lr=params.lr,
+        betas=(params.beta1, params.beta2),
+        fused=device.type == "cuda",
     )
+    optimizers: list[torch.optim.Optimizer] = [adamw]
+    if muon:
+        optimizers.append(Muon(hidden, lr=params.muon_lr, momentum=params.muon_momentum))
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["peak_lr"] = group["lr"]  # the schedule scales each group from its own peak
+    return optimizers
+
+
+def use_compile(params: TrainParams, device: torch.device) -> bool:
+    """compile: auto means on CUDA (where it pays for its start-up), off elsewhere."""
+    return device.type == "cuda" if params.compile == "auto" else bool(params.compile)
+
+
+def setup_device(device: torch.device) -> None:
+    if device.type == "cuda":
+        # fp32 matmuls (outside bf16 autocast) may use TF32 tensor cores.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def autocast_for(device: torch.device):
@@ -132,6 +166,7 @@ def train_loop(
     desc: str = "train",
     resume_path: str | Path | None = None,
     data_identity: dict | None = None,
+    on_eval: Callable[[int, float], None] | None = None,
 ) -> dict:
     """Train `model` for params.max_steps optimizer steps and save the checkpoint to out_path.
 
@@ -139,13 +174,15 @@ def train_loop(
     for scripts that run without dvc; the folder is replaced whole when the run ends). With
     `resume_path`, saves a resume checkpoint there every params.checkpoint_every steps and on
     SIGTERM or Ctrl-C, continues from one that is there (if it was made by a run with the same
-    model, params and `data_identity`), and removes it when the run completes. Returns the
-    summary (final train and val loss, tokens seen, seconds).
+    model, params and `data_identity`), and removes it when the run completes. `on_eval` is
+    called with (step, val loss) after each evaluation. Returns the summary (final train and
+    val loss, tokens seen, seconds).
     """
     device = pick_device(params.device)
+    setup_device(device)
     model.to(device)
-    optimizer = make_optimizer(model, params, device)
-    step_fn = torch.compile(model) if params.compile else model
+    optimizers = make_optimizers(model, params, device)
+    step_fn = torch.compile(model) if use_compile(params, device) else model
     settings = {k: v for k, v in asdict(params).items() if k not in FREE_PARAMS}
     identity = {"stage": desc, "model": model.config.to_dict(), "params": settings}
     identity["data"] = data_identity or {}
@@ -162,7 +199,8 @@ def train_loop(
     resume = load_resume(resume_path, identity) if resume_path is not None else None
     if resume is not None:
         model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
+        for optimizer, state in zip(optimizers, resume["optimizer"], strict=True):
+            optimizer.load_state_dict(state)
         train_batches.load_state_dict(resume["data"])
         set_rng_state(resume["rng"])
         run = resume["run"]
@@ -192,9 +230,9 @@ def train_loop(
             model={k: v.detach().cpu() for k, v in model.state_dict().items()},
             model_config=model.config.to_dict(),
             tokenizer=checkpoint_extra.get("tokenizer", {}),
-            optimizer=optimizer.state_dict(),
+            optimizer=[o.state_dict() for o in optimizers],
             step=done,
-            data=train_batches.state_dict(),
+            data=batches.state_dict(),
             rng=rng_state(),
             run=run,
             identity=identity,
@@ -221,13 +259,19 @@ def train_loop(
             initial=run["step"],
             total=params.max_steps,
         )
+        batches = train_batches
+        if device.type == "cuda":
+            batches = Prefetcher(train_batches, device)
+            stack.callback(batches.close)
         for step in bar:
-            lr = lr_at(step, params)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            scale = lr_scale(step, params)
+            for optimizer in optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = group["peak_lr"] * scale
+            lr = params.lr * scale
             step_loss = torch.zeros((), device=device)
             for _ in range(params.grad_accum):
-                x, y = next(train_batches)
+                x, y = next(batches)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with autocast_for(device):
                     _, loss = step_fn(x, y)
@@ -237,8 +281,9 @@ def train_loop(
                 timed_tokens += int(x.numel())
             if params.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.step()
+            model.zero_grad(set_to_none=True)
             window_losses[run["window_steps"]] = step_loss
             run["window_steps"] += 1
             done = step + 1
@@ -262,6 +307,8 @@ def train_loop(
                 ):
                     val_loss = evaluate(model, val_batches(), device)
                     run["summary"]["val_loss"] = metrics["val/loss"] = val_loss
+                    if on_eval is not None:
+                        on_eval(done, val_loss)
                     tqdm.write(
                         f"{desc} step {done}/{params.max_steps}: train loss {train_loss:.4f}, "
                         f"val loss {val_loss:.4f}"
@@ -290,7 +337,7 @@ def train_loop(
             out_path,
             model={k: v.detach().cpu() for k, v in model.state_dict().items()},
             model_config=model.config.to_dict(),
-            optimizer=optimizer.state_dict(),
+            optimizer=[o.state_dict() for o in optimizers],
             step=params.max_steps,
             train_params=asdict(params),
             summary=summary,

@@ -1,6 +1,6 @@
 """Tokenizing speed: xinslm's tokenize-text path beside the seed's per-line encode loop.
 
-    python bench/tokenize.py [--mb 100] [--tokenizers byte gpt2 cl100k_base bpe]
+    python bench/tokenize_text.py [--mb 100] [--tokenizers byte gpt2 cl100k_base bpe]
                              [--modes naive one-thread xinslm]
 
 Builds a text of at least --mb megabytes by repeating tinyshakespeare.txt (from

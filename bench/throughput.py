@@ -1,0 +1,129 @@
+"""Training throughput and MFU of xinslm's model on one GPU (or the CPU).
+
+    python bench/throughput.py [--depth 12 20] [--batch 16] [--ctx 2048] [--vocab 65536]
+                               [--optimizer adamw muon] [--compile true] [--steps 30]
+
+Each depth is a nanochat-shaped model: n_embd = 64 * depth, heads of 128 channels (as many
+kv heads as heads), ReLU^2 MLP, untied head. One step is forward + backward + optimizer step
+on random tokens already on the device, in bf16 autocast with the model compiled, as
+xinslm's train_loop runs it. The median of --steps steps after --warmup steps is reported.
+MFU counts 6 FLOPs per parameter per token for the matrices (embedding lookups excluded) plus
+attention, 12 * n_layer * n_embd * ctx per token (the score and value matmuls, forward and
+backward, as nanochat and PaLM count them), over a peak of 989 TFLOP/s bf16 (H100/H200 SXM,
+dense). Needs only torch (and numpy, pyyaml for the library's imports): no dvc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xinslm.config import TrainParams  # noqa: E402
+from xinslm.model import ModelConfig, NanoChatModel  # noqa: E402
+from xinslm.train import autocast_for, make_optimizers, setup_device  # noqa: E402
+
+PEAK_FLOPS = {"cuda": 989e12}  # bf16 dense, H100/H200 SXM
+
+
+def flops_per_token(model: NanoChatModel) -> float:
+    c = model.config
+    matrices = model.num_params() - model.wte.weight.numel()
+    return 6 * matrices + 12 * c.n_layer * c.n_embd * c.context_len
+
+
+def measure(args: argparse.Namespace, depth: int, optimizer: str) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    setup_device(device)
+    heads = max(1, 64 * depth // 128)
+    config = ModelConfig(
+        context_len=args.ctx,
+        n_layer=depth,
+        n_head=heads,
+        n_kv_head=heads,
+        n_embd=64 * depth,
+        vocab_size=args.vocab,
+    )
+    torch.manual_seed(0)
+    model = NanoChatModel(config).to(device)
+    params = TrainParams(optimizer=optimizer, lr=1e-3)
+    optimizers = make_optimizers(model, params, device)
+    step_fn = torch.compile(model) if args.compile else model
+    x = torch.randint(0, args.vocab, (args.batch, args.ctx), device=device)
+    y = torch.randint(0, args.vocab, (args.batch, args.ctx), device=device)
+
+    def step() -> None:
+        with autocast_for(device):
+            _, loss = step_fn(x, y)
+        loss.backward()
+        for o in optimizers:
+            o.step()
+        model.zero_grad(set_to_none=True)
+
+    start = time.perf_counter()
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - start
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
+    tokens = args.batch * args.ctx / seconds
+    peak = PEAK_FLOPS.get(device.type)
+    return {
+        "params": model.num_params(),
+        "seconds": seconds,
+        "tokens_per_sec": tokens,
+        "mfu": flops_per_token(model) * tokens / peak if peak else None,
+        "warmup_s": warmup_s,
+        "memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, nargs="+", default=[12, 20])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--ctx", type=int, default=2048)
+    parser.add_argument("--vocab", type=int, default=65536)
+    parser.add_argument("--optimizer", nargs="+", default=["adamw", "muon"])
+    parser.add_argument("--compile", type=lambda s: s.lower() == "true", default=True)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    args = parser.parse_args()
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(f"device: {name}, torch {torch.__version__}, batch {args.batch} x ctx {args.ctx}, ")
+    print(f"vocab {args.vocab}, compile {args.compile}, median of {args.steps} steps")
+    print(
+        f"{'depth':>5} {'optimizer':>9} {'params':>8} {'ms/step':>8} {'tokens/s':>10} "
+        f"{'MFU':>6} {'warmup s':>9} {'mem GB':>7}"
+    )
+    for depth in args.depth:
+        for optimizer in args.optimizer:
+            r = measure(args, depth, optimizer)
+            mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+            mem = f"{r['memory_gb']:.1f}" if r["memory_gb"] is not None else "-"
+            print(
+                f"{depth:>5} {optimizer:>9} {r['params'] / 1e6:>7.0f}M {1000 * r['seconds']:>8.1f} "
+                f"{r['tokens_per_sec']:>10,.0f} {mfu:>6} {r['warmup_s']:>9.1f} {mem:>7}",
+                flush=True,
+            )
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+
+
+if __name__ == "__main__":
+    main()
