@@ -107,6 +107,8 @@ def test_split_at_lines_cuts_after_newlines():
     assert "".join(pieces) == text
     assert pieces == ["ab\ncd\n", "x" * 12 + "\n", "end"]  # a longer piece, cut safely
     assert split_at_lines("ab\n" + "x" * 80, 8) == ["ab\n", *["x" * 8] * 10]  # one long line
+    # Looking ahead for a safe cut may reach the end of the text, which ends in a newline.
+    assert split_at_lines("a b c d\n  e\n", 4) == ["a b ", "c d\n", "  e\n"]
 
 
 def test_split_at_lines_prefers_a_newline_before_visible_text():
@@ -130,6 +132,7 @@ def test_split_at_lines_prefers_a_newline_before_visible_text():
         ("ab\n\u3000x", -1),  # Unicode whitespace counts too
         ("日本\n語", 3),
         ("ab\n", -1),  # nothing follows the newline yet
+        ("ab\nc\n", 3),
         ("\ncd", -1),  # nothing before it
         ("ab\n!\n\tx", 3),
     ],

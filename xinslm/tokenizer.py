@@ -267,6 +267,7 @@ def safe_cut(text: str, start: int, end: int) -> int:
     the ids of the text encoded whole. A newline next to other whitespace is not safe: gpt2's
     `\s+(?!\S)` gives "\n\n" + "x" as "\n", "\n", "x" but "\n\n" at the end of a piece as one.
     """
+    end = min(end, len(text))
     i = text.rfind("\n", start + 1, end - 1)
     while i > start:
         if not text[i - 1].isspace() and not text[i + 1].isspace():
