@@ -217,22 +217,23 @@ def train_loop(
             "from it, or delete it to start over with other params"
         )
 
-    def save_resume_checkpoint(done: int) -> None:
+    def save_resume_checkpoint(done: int, data_state: dict) -> None:
         # Only a good state is kept: a NaN or inf in the losses so far or in the weights
         # stops the run here and leaves the last good resume checkpoint as it was.
         losses = window_losses[: run["window_steps"]].tolist()
         _first_bad(losses, done - len(losses) + 1, desc, kept())
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
+        if not finite:  # one host sync for all the weights
             raise XinslmError(f"{desc}: weights became non-finite by step {done}{kept()}")
         run["step"], run["window_losses"] = done, window_losses.cpu()
         save_resume(
             resume_path,
-            model={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            model=_weights(model),
             model_config=model.config.to_dict(),
             tokenizer=checkpoint_extra.get("tokenizer", {}),
             optimizer=[o.state_dict() for o in optimizers],
             step=done,
-            data=batches.state_dict(),
+            data=data_state,
             rng=rng_state(),
             run=run,
             identity=identity,
@@ -321,7 +322,7 @@ def train_loop(
             if stop["signal"] is not None or (
                 params.checkpoint_every and done % params.checkpoint_every == 0
             ):
-                save_resume_checkpoint(done)
+                save_resume_checkpoint(done, batches.state_dict())
             if stop["signal"] is not None:
                 name = signal.Signals(stop["signal"]).name
                 raise TrainingStopped(
@@ -335,7 +336,7 @@ def train_loop(
         # that a rerun changed nothing and skip the stages after it.
         save_checkpoint(
             out_path,
-            model={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            model=_weights(model),
             model_config=model.config.to_dict(),
             optimizer=[o.state_dict() for o in optimizers],
             step=params.max_steps,
@@ -350,6 +351,10 @@ def train_loop(
     if resume_path is not None:
         Path(resume_path).unlink(missing_ok=True)  # the run is complete
     return summary
+
+
+def _weights(model: NanoChatModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def _log(live, step: int, metrics: dict) -> None:
