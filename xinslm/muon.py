@@ -27,10 +27,11 @@ def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
 _compiled_orthogonalize = None
 
 
-def _orthogonalize_on(device: torch.device):
-    """Compiled on a GPU, where fusing the iteration's small kernels pays; plain elsewhere."""
+def _orthogonalize_on(device: torch.device, compiled: bool):
+    """Compiled on a GPU if asked, where fusing the iteration's small kernels pays (after a
+    few seconds of compiling); plain elsewhere."""
     global _compiled_orthogonalize
-    if device.type != "cuda":
+    if device.type != "cuda" or not compiled:
         return orthogonalize
     if _compiled_orthogonalize is None:
         _compiled_orthogonalize = torch.compile(orthogonalize)
@@ -42,8 +43,16 @@ class Muon(torch.optim.Optimizer):
     shape gets updates of about the same size. Matrices of one shape are orthogonalized
     together, as one batched iteration."""
 
-    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, ns_steps: int = 5):
+    def __init__(
+        self,
+        params,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        ns_steps: int = 5,
+        compiled: bool = True,
+    ):
         super().__init__(params, {"lr": lr, "momentum": momentum, "ns_steps": ns_steps})
+        self.compiled = compiled
 
     @torch.no_grad()
     def step(self) -> None:
@@ -66,7 +75,9 @@ class Muon(torch.optim.Optimizer):
                         for p in params
                     ]
                 )
-                updates = _orthogonalize_on(updates.device)(updates, group["ns_steps"])
+                updates = _orthogonalize_on(updates.device, self.compiled)(
+                    updates, group["ns_steps"]
+                )
                 scale = max(1.0, shape[-2] / shape[-1]) ** 0.5
                 for p, update in zip(params, updates, strict=True):
                     p.add_(update.to(p.dtype), alpha=-group["lr"] * scale)

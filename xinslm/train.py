@@ -79,7 +79,14 @@ def make_optimizers(
     )
     optimizers: list[torch.optim.Optimizer] = [adamw]
     if muon:
-        optimizers.append(Muon(hidden, lr=params.muon_lr, momentum=params.muon_momentum))
+        optimizers.append(
+            Muon(
+                hidden,
+                lr=params.muon_lr,
+                momentum=params.muon_momentum,
+                compiled=use_compile(params, device),
+            )
+        )
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["peak_lr"] = group["lr"]  # the schedule scales each group from its own peak
