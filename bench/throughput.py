@@ -1,6 +1,6 @@
 """Training throughput and MFU of xinslm's model on one GPU (or the CPU).
 
-    python bench/throughput.py [--depth 12 20] [--batch 16] [--ctx 2048] [--vocab 65536]
+    python bench/throughput.py [--depth 12 20] [--batch 16] [--ctx 2048] [--vocab 32768 65536]
                                [--optimizer adamw muon] [--compile true] [--steps 30]
 
 Each depth is a nanochat-shaped model: n_embd = 64 * depth, heads of 128 channels (as many
@@ -16,6 +16,7 @@ dense). Needs only torch (and numpy, pyyaml for the library's imports): no dvc.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -38,7 +39,7 @@ def flops_per_token(model: NanoChatModel) -> float:
     return 6 * matrices + 12 * c.n_layer * c.n_embd * c.context_len
 
 
-def measure(args: argparse.Namespace, depth: int, optimizer: str) -> dict:
+def measure(args: argparse.Namespace, depth: int, vocab: int, optimizer: str) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     setup_device(device)
     heads = max(1, 64 * depth // 128)
@@ -48,15 +49,15 @@ def measure(args: argparse.Namespace, depth: int, optimizer: str) -> dict:
         n_head=heads,
         n_kv_head=heads,
         n_embd=64 * depth,
-        vocab_size=args.vocab,
+        vocab_size=vocab,
     )
     torch.manual_seed(0)
     model = NanoChatModel(config).to(device)
     params = TrainParams(optimizer=optimizer, lr=1e-3)
     optimizers = make_optimizers(model, params, device)
     step_fn = torch.compile(model) if args.compile else model
-    x = torch.randint(0, args.vocab, (args.batch, args.ctx), device=device)
-    y = torch.randint(0, args.vocab, (args.batch, args.ctx), device=device)
+    x = torch.randint(0, vocab, (args.batch, args.ctx), device=device)
+    y = torch.randint(0, vocab, (args.batch, args.ctx), device=device)
 
     def step() -> None:
         with autocast_for(device):
@@ -97,7 +98,8 @@ def main() -> None:
     parser.add_argument("--depth", type=int, nargs="+", default=[12, 20])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--ctx", type=int, default=2048)
-    parser.add_argument("--vocab", type=int, default=65536)
+    # 32,768 is nanochat's vocabulary (the ANCHORS.md figures); 65,536 weighs the head more.
+    parser.add_argument("--vocab", type=int, nargs="+", default=[32768])
     parser.add_argument("--optimizer", nargs="+", default=["adamw", "muon"])
     parser.add_argument("--compile", type=lambda s: s.lower() == "true", default=True)
     parser.add_argument("--steps", type=int, default=30)
@@ -105,24 +107,24 @@ def main() -> None:
     args = parser.parse_args()
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"device: {name}, torch {torch.__version__}, batch {args.batch} x ctx {args.ctx}, ")
-    print(f"vocab {args.vocab}, compile {args.compile}, median of {args.steps} steps")
+    print(f"compile {args.compile}, median of {args.steps} steps")
     print(
-        f"{'depth':>5} {'optimizer':>9} {'params':>8} {'ms/step':>8} {'tokens/s':>10} "
+        f"{'depth':>5} {'vocab':>6} {'optimizer':>9} {'params':>8} {'ms/step':>8} {'tokens/s':>10} "
         f"{'MFU':>6} {'warmup s':>9} {'mem GB':>7}"
     )
-    for depth in args.depth:
-        for optimizer in args.optimizer:
-            r = measure(args, depth, optimizer)
-            mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
-            mem = f"{r['memory_gb']:.1f}" if r["memory_gb"] is not None else "-"
-            print(
-                f"{depth:>5} {optimizer:>9} {r['params'] / 1e6:>7.0f}M {1000 * r['seconds']:>8.1f} "
-                f"{r['tokens_per_sec']:>10,.0f} {mfu:>6} {r['warmup_s']:>9.1f} {mem:>7}",
-                flush=True,
-            )
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
+    for depth, vocab, optimizer in itertools.product(args.depth, args.vocab, args.optimizer):
+        r = measure(args, depth, vocab, optimizer)
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+        mem = f"{r['memory_gb']:.1f}" if r["memory_gb"] is not None else "-"
+        print(
+            f"{depth:>5} {vocab:>6} {optimizer:>9} {r['params'] / 1e6:>7.0f}M "
+            f"{1000 * r['seconds']:>8.1f} {r['tokens_per_sec']:>10,.0f} {mfu:>6} "
+            f"{r['warmup_s']:>9.1f} {mem:>7}",
+            flush=True,
+        )
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
 
 
 if __name__ == "__main__":
