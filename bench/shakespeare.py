@@ -49,11 +49,14 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=None, help="0.2 on GPU, 0 on CPU")
     parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"])
     parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument(
+        "--shift-blocks", default="true", choices=["true", "false"], help="pretrain.shift_blocks"
+    )
     args = parser.parse_args()
 
     import torch
 
-    from xinslm.config import TrainParams
+    from xinslm.config import PretrainParams
     from xinslm.data import BlockBatches, val_block_batches
     from xinslm.model import ModelConfig, NanoChatModel
     from xinslm.text import pack_blocks, tokenize_text
@@ -76,7 +79,7 @@ def main() -> None:
         open_array(work / "blocks", meta, "val"),
     )
 
-    params = TrainParams(
+    params = PretrainParams(
         max_steps=max_steps,
         batch_size=sizes["batch"],
         optimizer=args.optimizer,
@@ -92,6 +95,7 @@ def main() -> None:
         seed=args.seed,
         device=device,
         compile={"auto": "auto", "true": True, "false": False}[args.compile],
+        shift_blocks=args.shift_blocks == "true",
     )
     seed_everything(params.seed)
     config = ModelConfig(
@@ -112,12 +116,13 @@ def main() -> None:
     print(
         f"shakespeare-char ({'cpu' if args.cpu else 'gpu'}): {model.num_params():,} parameters, "
         f"{len(train)} train and {len(val)} val blocks of {sizes['context_len']}, "
-        f"{params.optimizer}, dropout {config.dropout}, {max_steps} steps",
+        f"{params.optimizer}, dropout {config.dropout}, shift_blocks {params.shift_blocks}, "
+        f"{max_steps} steps",
         flush=True,
     )
     summary = train_loop(
         model,
-        BlockBatches(train, params.batch_size, params.seed),
+        BlockBatches(train, params.batch_size, params.seed, params.shift_blocks),
         lambda: val_block_batches(val, params.batch_size, params.eval_batches),
         params,
         out_path=work / "model.pt",

@@ -34,7 +34,7 @@ def main() -> None:
 
     summary = train_loop(
         model,
-        BlockBatches(train_blocks, train_p.batch_size, train_p.seed),
+        BlockBatches(train_blocks, train_p.batch_size, train_p.seed, train_p.shift_blocks),
         val_batches if len(val_blocks) else None,
         train_p,
         out_path=OUT,

@@ -6,6 +6,7 @@ from conftest import REPO
 from xinslm.config import (
     ChatParams,
     ModelParams,
+    PretrainParams,
     TextParams,
     TokenizerParams,
     TrainParams,
@@ -13,10 +14,10 @@ from xinslm.config import (
 )
 from xinslm.errors import XinslmError
 
-TRAIN_KEYS = (
+PRETRAIN_KEYS = (
     "batch_size, beta1, beta2, checkpoint_every, compile, device, eval_batches, eval_every, "
     "grad_accum, grad_clip, log_every, lr, max_steps, min_lr_frac, muon_lr, muon_momentum, "
-    "optimizer, seed, warmup_steps, weight_decay"
+    "optimizer, seed, shift_blocks, warmup_steps, weight_decay"
 )
 
 
@@ -34,12 +35,12 @@ def test_sections_load_as_dataclasses(tmp_path):
     )
     model, pretrain = load_params(path, "model", "pretrain")
     assert model == ModelParams(context_len=64, n_embd=32, n_head=2, n_kv_head=1)
-    assert pretrain == TrainParams(lr=1.0, max_steps=7, compile=True)
+    assert pretrain == PretrainParams(lr=1.0, max_steps=7, compile=True)
     assert type(pretrain.lr) is float
 
 
 BAD_PARAMS = [
-    ("pretrain:\n  lrr: 0.1\n", f"unknown key 'pretrain.lrr' (known keys: {TRAIN_KEYS})"),
+    ("pretrain:\n  lrr: 0.1\n", f"unknown key 'pretrain.lrr' (known keys: {PRETRAIN_KEYS})"),
     ("pretrain:\n  compile: 'yes'\n", "pretrain.compile: 'yes' is not one of auto, true, false"),
     ("pretrain:\n  max_steps: true\n", "pretrain.max_steps: expected int, got bool True"),
     ("pretrain:\n  lr: 0.5e-3x\n", "pretrain.lr: expected float, got str '0.5e-3x'"),
@@ -92,7 +93,7 @@ def test_invalid_yaml_is_one_line(tmp_path):
 def test_repo_params_load():
     sections = ("tokenizer", "text", "model", "chat", "pretrain", "sft")
     loaded = load_params(REPO / "params.yaml", *sections)
-    kinds = (TokenizerParams, TextParams, ModelParams, ChatParams, TrainParams, TrainParams)
+    kinds = (TokenizerParams, TextParams, ModelParams, ChatParams, PretrainParams, TrainParams)
     assert [type(p) for p in loaded] == list(kinds)
 
 

@@ -1,6 +1,7 @@
 """Batch order: each epoch visits every example once, in the seeded order, across batches."""
 
 import numpy as np
+import torch
 
 from xinslm.data import ShuffledIndices
 
@@ -62,3 +63,56 @@ def test_prefetcher_raises_the_error_of_its_source():
     with pytest.raises(ValueError, match="bad batch"):
         next(ahead)
     ahead.close()
+
+
+def _packed(stream: np.ndarray, context_len: int) -> np.ndarray:
+    """Blocks as pack_blocks cuts them: stride context_len, context_len + 1 tokens each."""
+    n = (len(stream) - 1) // context_len
+    return stream[np.arange(n)[:, None] * context_len + np.arange(context_len + 1)]
+
+
+def test_shifted_blocks_are_stream_windows_at_seeded_offsets():
+    from xinslm.data import BlockBatches
+
+    T, stream = 8, np.random.default_rng(0).integers(0, 60000, 8 * 11 + 1).astype(np.uint16)
+    blocks = _packed(stream, T)  # 11 blocks
+    batches = BlockBatches(blocks, batch_size=4, seed=2, shift=True)
+    assert batches.indices.n == 10  # the last block has nothing after it to shift into
+    offsets = [batches.offsets(e).copy() for e in range(6)]
+    assert all(((0 <= o) & (o < T)).all() for o in offsets)
+    assert len({tuple(o) for o in offsets}) == 6 and len(set(offsets[0])) > 1
+    windows = []
+    for _ in range(15):  # 60 windows = 6 epochs of 10
+        x, y = next(batches)
+        assert x.shape == y.shape == (4, T)
+        assert torch.equal(x[:, 1:], y[:, :-1])
+        windows.extend(tuple(w) for w in torch.cat([x, y[:, -1:]], dim=1).tolist())
+    # epoch by epoch: the windows are stream[kT + s_k : kT + s_k + T + 1] for k = 0..9, each once
+    for epoch in range(6):
+        s = offsets[epoch]
+        got = sorted(windows[10 * epoch : 10 * (epoch + 1)])
+        want = sorted(
+            tuple(stream[k * T + s[k] : k * T + s[k] + T + 1].tolist()) for k in range(10)
+        )
+        assert got == want
+
+
+def test_shift_off_reads_the_blocks_and_resume_with_shift_is_exact():
+    from xinslm.data import BlockBatches
+
+    T, stream = 8, np.arange(8 * 11 + 1, dtype=np.uint16)
+    blocks = _packed(stream, T)
+    plain = BlockBatches(blocks, batch_size=3, seed=4)
+    rows = plain.indices.next()
+    plain.indices.load_state_dict({"epoch": 0, "cursor": 0})
+    x, y = next(plain)
+    assert x.tolist() == blocks[rows, :-1].tolist() and y.tolist() == blocks[rows, 1:].tolist()
+
+    a = BlockBatches(blocks, batch_size=3, seed=4, shift=True)
+    for _ in range(5):  # into the second epoch
+        next(a)
+    b = BlockBatches(blocks, batch_size=3, seed=4, shift=True)
+    b.load_state_dict(a.state_dict())
+    for _ in range(8):
+        (xa, ya), (xb, yb) = next(a), next(b)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)

@@ -132,6 +132,13 @@ class TrainParams:
         _check_device(self.device)
 
 
+@dataclass
+class PretrainParams(TrainParams):
+    """The pretrain section: TrainParams plus how the packed blocks are read."""
+
+    shift_blocks: bool = True
+
+
 def _check_device(device: str) -> None:
     if device not in ("auto", "cpu", "mps") and not device.startswith("cuda"):
         raise ValueError(f"device: '{device}' is not auto, cpu, mps or cuda[:N]")
@@ -165,7 +172,7 @@ SECTIONS: dict[str, type] = {
     "text": TextParams,
     "model": ModelParams,
     "chat": ChatParams,
-    "pretrain": TrainParams,
+    "pretrain": PretrainParams,
     "sft": TrainParams,
     "eval": EvalParams,
 }

@@ -39,14 +39,19 @@ class ShuffledIndices:
         return self._cached
 
     def next(self) -> np.ndarray:
-        out = []
+        return self.next_with_epochs()[0]
+
+    def next_with_epochs(self) -> tuple[np.ndarray, np.ndarray]:
+        """The next batch of indices and the epoch each one belongs to."""
+        out, epochs = [], []
         while len(out) < self.batch_size:
             take = min(self.batch_size - len(out), self.n - self.cursor)
             out.extend(self._order(self.epoch)[self.cursor : self.cursor + take])
+            epochs.extend([self.epoch] * take)
             self.cursor += take
             if self.cursor == self.n:
                 self.epoch, self.cursor = self.epoch + 1, 0
-        return np.asarray(out)
+        return np.asarray(out), np.asarray(epochs)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor}
@@ -56,18 +61,47 @@ class ShuffledIndices:
 
 
 class BlockBatches:
-    """Pretraining batches: rows of a [N, T+1] block array; input = row[:-1], labels = row[1:]."""
+    """Pretraining batches of T+1-token windows; input = window[:-1], labels = window[1:].
 
-    def __init__(self, blocks: np.ndarray, batch_size: int, seed: int) -> None:
-        self.blocks = blocks
-        self.indices = ShuffledIndices(len(blocks), batch_size, seed)
+    pack cuts the token stream into blocks [N, T+1] with stride T (block k holds stream
+    kT .. kT+T), so block k and block k+1 without its first token hold stream kT .. kT+2T.
+    With shift, the window of block k starts at a seeded random offset s in [0, T) into that
+    span, drawn anew for every block and epoch: an epoch still reads about every token once,
+    but at other positions and with other context than before (nanoGPT samples windows at
+    random offsets for the same reason: on a small corpus fixed blocks are memorized sooner).
+    Without shift, the windows are the blocks.
+    """
+
+    def __init__(self, blocks: np.ndarray, batch_size: int, seed: int, shift: bool = False):
+        self.blocks, self.seed = blocks, seed
+        self.shift = shift and len(blocks) > 1  # the last block has no successor to shift into
+        self.indices = ShuffledIndices(len(blocks) - self.shift, batch_size, seed)
+        self._offsets: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int64))
+
+    def offsets(self, epoch: int) -> np.ndarray:
+        """Where each block's window starts in epoch `epoch` (all 0 without shift)."""
+        if not self.shift:
+            return np.zeros(self.indices.n, dtype=np.int64)
+        if self._offsets[0] != epoch:
+            context_len = self.blocks.shape[1] - 1
+            rng = np.random.default_rng([self.seed, epoch, 1])  # not the permutation's stream
+            self._offsets = (epoch, rng.integers(context_len, size=self.indices.n))
+        return self._offsets[1]
 
     def __iter__(self) -> Iterator[Batch]:
         return self
 
     def __next__(self) -> Batch:
-        rows = torch.from_numpy(self.blocks[self.indices.next()].astype(np.int64))
-        return rows[:, :-1], rows[:, 1:]
+        rows, epochs = self.indices.next_with_epochs()
+        if self.shift:
+            width = self.blocks.shape[1]  # T + 1
+            span = np.concatenate([self.blocks[rows], self.blocks[rows + 1, 1:]], axis=1)
+            starts = np.array([self.offsets(int(e))[r] for r, e in zip(rows, epochs, strict=True)])
+            windows = span[np.arange(len(rows))[:, None], starts[:, None] + np.arange(width)]
+        else:
+            windows = self.blocks[rows]
+        windows = torch.from_numpy(windows.astype(np.int64))
+        return windows[:, :-1], windows[:, 1:]
 
     def state_dict(self) -> dict:
         return self.indices.state_dict()
