@@ -72,11 +72,9 @@ def stages_rerun(repo: Path) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", out))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A git clone of the committed tree plus the working copy's files, tiny params, one
-    full `dvc repro` done and committed."""
-    repo = tmp_path_factory.mktemp("pipeline") / "repo"
+def make_repo(repo: Path) -> Path:
+    """A git repo at `repo`: the committed tree plus the working copy's files, tiny params,
+    one full `dvc repro` done and committed. tests/test_remote.py builds its repo with it too."""
     files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], ROOT).stdout
     for name in files.split():
         if (ROOT / name).is_file():
@@ -93,6 +91,11 @@ def repo(tmp_path_factory) -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "repro"], repo)
     return repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return make_repo(tmp_path_factory.mktemp("pipeline") / "repo")
 
 
 @pytest.fixture
