@@ -1,12 +1,16 @@
-"""Training throughput and MFU of xinslm's model on one GPU (or the CPU).
+"""Training throughput and MFU of xinslm's model on one or several GPUs (or the CPU).
 
     python bench/throughput.py [--depth 12 20] [--batch 16] [--ctx 2048] [--vocab 32768 65536]
                                [--optimizer adamw muon] [--compile true] [--steps 30]
+                               [--nproc 2]
 
 Each depth is a nanochat-shaped model: n_embd = 64 * depth, heads of 128 channels (as many
 kv heads as heads), ReLU^2 MLP, untied head. One step is forward + backward + optimizer step
 on random tokens already on the device, in bf16 autocast with the model compiled, as
 xinslm's train_loop runs it. The median of --steps steps after --warmup steps is reported.
+With --nproc N, the script relaunches itself through torchrun as N processes, one GPU each,
+with the model in DistributedDataParallel as train_loop wraps it; --batch is per GPU, tokens/s
+counts all GPUs and MFU is per GPU.
 MFU counts 6 FLOPs per parameter per token for the matrices (embedding lookups excluded) plus
 attention, 12 * n_layer * n_embd * ctx per token (the score and value matmuls, forward and
 backward, as nanochat and PaLM count them), over a peak of 989 TFLOP/s bf16 (H100/H200 SXM,
@@ -26,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from xinslm import distributed  # noqa: E402
 from xinslm.config import TrainParams  # noqa: E402
 from xinslm.model import ModelConfig, NanoChatModel  # noqa: E402
 from xinslm.train import autocast_for, make_optimizers, setup_device  # noqa: E402
@@ -40,7 +45,11 @@ def flops_per_token(model: NanoChatModel) -> float:
 
 
 def measure(args: argparse.Namespace, depth: int, vocab: int, optimizer: str) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    world = distributed.current()
+    device = torch.device("cpu")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", world.local_rank)
+    distributed.init(world, device)
     setup_device(device)
     heads = max(1, 64 * depth // 128)
     config = ModelConfig(
@@ -55,7 +64,8 @@ def measure(args: argparse.Namespace, depth: int, vocab: int, optimizer: str) ->
     model = NanoChatModel(config).to(device)
     params = TrainParams(optimizer=optimizer, lr=1e-3)
     optimizers = make_optimizers(model, params, device)
-    step_fn = torch.compile(model) if args.compile else model
+    ddp = distributed.data_parallel(model, device)
+    step_fn = torch.compile(ddp) if args.compile else ddp
     x = torch.randint(0, vocab, (args.batch, args.ctx), device=device)
     y = torch.randint(0, vocab, (args.batch, args.ctx), device=device)
 
@@ -81,8 +91,10 @@ def measure(args: argparse.Namespace, depth: int, vocab: int, optimizer: str) ->
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     seconds = statistics.median(times)
-    tokens = args.batch * args.ctx / seconds
+    tokens = world.size * args.batch * args.ctx / seconds
     peak = PEAK_FLOPS.get(device.type)
+    if peak:
+        peak *= world.size
     return {
         "params": model.num_params(),
         "seconds": seconds,
@@ -104,20 +116,23 @@ def main() -> None:
     parser.add_argument("--compile", type=lambda s: s.lower() == "true", default=True)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--nproc", type=int, default=1, help="GPUs, through torchrun")
     args = parser.parse_args()
+    world = distributed.launch(args.nproc, "throughput")  # only rank 0 prints from here on
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"device: {name}, torch {torch.__version__}, batch {args.batch} x ctx {args.ctx}, ")
+    print(f"device: {world.size} x {name}, torch {torch.__version__}, ", end="")
+    print(f"batch {args.batch} x ctx {args.ctx} per process,")
     print(f"compile {args.compile}, median of {args.steps} steps")
     print(
-        f"{'depth':>5} {'vocab':>6} {'optimizer':>9} {'params':>8} {'ms/step':>8} {'tokens/s':>10} "
-        f"{'MFU':>6} {'warmup s':>9} {'mem GB':>7}"
+        f"{'gpus':>4} {'depth':>5} {'vocab':>6} {'optimizer':>9} {'params':>8} {'ms/step':>8} "
+        f"{'tokens/s':>10} {'MFU':>6} {'warmup s':>9} {'mem GB':>7}"
     )
     for depth, vocab, optimizer in itertools.product(args.depth, args.vocab, args.optimizer):
         r = measure(args, depth, vocab, optimizer)
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         mem = f"{r['memory_gb']:.1f}" if r["memory_gb"] is not None else "-"
         print(
-            f"{depth:>5} {vocab:>6} {optimizer:>9} {r['params'] / 1e6:>7.0f}M "
+            f"{world.size:>4} {depth:>5} {vocab:>6} {optimizer:>9} {r['params'] / 1e6:>7.0f}M "
             f"{1000 * r['seconds']:>8.1f} {r['tokens_per_sec']:>10,.0f} {mfu:>6} "
             f"{r['warmup_s']:>9.1f} {mem:>7}",
             flush=True,
@@ -128,4 +143,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        distributed.close()

@@ -2,6 +2,7 @@
 
 from dataclasses import asdict
 
+from xinslm import distributed
 from xinslm.config import load_params
 from xinslm.data import BlockBatches, val_block_batches
 from xinslm.errors import XinslmError, run_main
@@ -15,6 +16,7 @@ RESUME = "checkpoints/resume/pretrain.pt"  # outside the stage's outs, so a reru
 
 def main() -> None:
     model_p, train_p = load_params("params.yaml", "model", "pretrain")
+    world = distributed.launch(train_p.nproc, "pretrain")  # nproc > 1: under torchrun
     meta = read_meta(BLOCKS, "blocks")
     if meta["context_len"] != model_p.context_len:
         raise XinslmError(
@@ -30,11 +32,19 @@ def main() -> None:
     print(f"pretrain: {model.num_params():,} parameters, {len(train_blocks):,} train blocks")
 
     def val_batches():
-        return val_block_batches(val_blocks, train_p.batch_size, train_p.eval_batches)
+        # As many batches of batch_size as one process would read with the global batch.
+        return val_block_batches(val_blocks, train_p.batch_size, train_p.eval_batches * world.size)
 
     summary = train_loop(
         model,
-        BlockBatches(train_blocks, train_p.batch_size, train_p.seed, train_p.shift_blocks),
+        BlockBatches(
+            train_blocks,
+            train_p.batch_size,
+            train_p.seed,
+            train_p.shift_blocks,
+            rank=world.rank,
+            world=world.size,
+        ),
         val_batches if len(val_blocks) else None,
         train_p,
         out_path=OUT,

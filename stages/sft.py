@@ -3,6 +3,7 @@
 The model is built from base.pt's own config, so its shape cannot mismatch the base model.
 """
 
+from xinslm import distributed
 from xinslm.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
 from xinslm.config import load_params
 from xinslm.data import ChatBatches, ChatData, val_chat_batches
@@ -15,6 +16,7 @@ RESUME = "checkpoints/resume/sft.pt"  # outside the stage's outs, so a rerun fin
 
 def main() -> None:
     (train_p,) = load_params("params.yaml", "sft")
+    world = distributed.launch(train_p.nproc, "sft")  # nproc > 1: under torchrun
     base = load_checkpoint(BASE)
     train_data = ChatData(CHAT, "train", tokenizer=base["tokenizer"])
     val_data = ChatData(CHAT, "val", tokenizer=base["tokenizer"])
@@ -27,12 +29,20 @@ def main() -> None:
     print(f"sft: from {BASE} (step {base['step']}), {len(train_data):,} train conversations")
 
     def val_batches():
-        return val_chat_batches(val_data, train_p.batch_size, train_p.eval_batches)
+        # As many batches of batch_size as one process would read with the global batch.
+        return val_chat_batches(val_data, train_p.batch_size, train_p.eval_batches * world.size)
 
     summary = train_loop(
         model,
         # A compiled model gets widths in steps of 64 tokens, not a new shape every batch.
-        ChatBatches(train_data, train_p.batch_size, train_p.seed, pad_to=64 if compiling else 1),
+        ChatBatches(
+            train_data,
+            train_p.batch_size,
+            train_p.seed,
+            pad_to=64 if compiling else 1,
+            rank=world.rank,
+            world=world.size,
+        ),
         val_batches if len(val_data) else None,
         train_p,
         out_path=OUT,

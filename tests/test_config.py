@@ -17,7 +17,7 @@ from xinslm.errors import XinslmError
 PRETRAIN_KEYS = (
     "batch_size, beta1, beta2, checkpoint_every, compile, device, eval_batches, eval_every, "
     "grad_accum, grad_clip, log_every, lr, max_steps, min_lr_frac, muon_lr, muon_momentum, "
-    "optimizer, seed, shift_blocks, warmup_steps, weight_decay"
+    "nproc, optimizer, seed, shift_blocks, warmup_steps, weight_decay"
 )
 
 

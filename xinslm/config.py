@@ -104,12 +104,14 @@ class TrainParams:
     seed: int = 1337
     device: str = "auto"
     compile: Literal["auto", True, False] = "auto"
+    nproc: int = 1
 
     def check(self) -> None:
         for key in (
             "max_steps",
             "batch_size",
             "grad_accum",
+            "nproc",
             "log_every",
             "eval_every",
             "eval_batches",

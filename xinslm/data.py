@@ -22,12 +22,17 @@ Batch = tuple[torch.Tensor, torch.Tensor]  # (input_ids, labels), both (B, T) in
 
 
 class ShuffledIndices:
-    """Endless batches of example indices: a seeded permutation per epoch, in order."""
+    """Endless batches of example indices: a seeded permutation per epoch, in order.
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+    With several processes (world > 1), each step takes a global batch of batch_size * world
+    indices and process `rank` gets its slice of them: together they read exactly what one
+    process with a batch of batch_size * world would, whatever the number of processes."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
         if n <= 0:
             raise XinslmError("no training examples")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.n, self.batch_size, self.seed = n, batch_size * world, seed
+        self.part = slice(rank * batch_size, (rank + 1) * batch_size)
         self.epoch, self.cursor = 0, 0
         self._cached_epoch, self._cached = -1, np.empty(0, dtype=np.int64)
 
@@ -51,7 +56,7 @@ class ShuffledIndices:
             self.cursor += take
             if self.cursor == self.n:
                 self.epoch, self.cursor = self.epoch + 1, 0
-        return np.asarray(out), np.asarray(epochs)
+        return np.asarray(out)[self.part], np.asarray(epochs)[self.part]
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor}
@@ -72,10 +77,18 @@ class BlockBatches:
     Without shift, the windows are the blocks.
     """
 
-    def __init__(self, blocks: np.ndarray, batch_size: int, seed: int, shift: bool = False):
+    def __init__(
+        self,
+        blocks: np.ndarray,
+        batch_size: int,
+        seed: int,
+        shift: bool = False,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         self.blocks, self.seed = blocks, seed
         self.shift = shift and len(blocks) > 1  # the last block has no successor to shift into
-        self.indices = ShuffledIndices(len(blocks) - self.shift, batch_size, seed)
+        self.indices = ShuffledIndices(len(blocks) - self.shift, batch_size, seed, rank, world)
         self._offsets: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int64))
 
     def offsets(self, epoch: int) -> np.ndarray:
@@ -149,9 +162,17 @@ class ChatData:
 class ChatBatches:
     """SFT batches: shuffled conversations, padded to the longest in the batch."""
 
-    def __init__(self, data: ChatData, batch_size: int, seed: int, pad_to: int = 1) -> None:
+    def __init__(
+        self,
+        data: ChatData,
+        batch_size: int,
+        seed: int,
+        pad_to: int = 1,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         self.data, self.pad_to = data, pad_to
-        self.indices = ShuffledIndices(len(data), batch_size, seed)
+        self.indices = ShuffledIndices(len(data), batch_size, seed, rank, world)
 
     def __iter__(self) -> Iterator[Batch]:
         return self

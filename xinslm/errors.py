@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -15,7 +16,8 @@ def run_main(main: Callable[[], None]) -> None:
     try:
         main()
     except XinslmError as e:
-        print(f"error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", 1)) > 1 else None
+        print(f"error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 1))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

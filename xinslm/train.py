@@ -1,10 +1,12 @@
 """One training loop for both stages: AdamW, warmup then cosine decay, gradient accumulation,
-clipping, periodic val loss, mixed precision and compile on GPU, metrics through dvclive, and
-resume checkpoints from which a killed run continues exactly (xinslm.resume)."""
+clipping, periodic val loss, mixed precision and compile on GPU, metrics through dvclive,
+data-parallel over several processes (xinslm.distributed), and resume checkpoints from which
+a killed run continues exactly (xinslm.resume)."""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import random
 import signal
@@ -18,11 +20,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from xinslm import distributed
 from xinslm.checkpoint import save_checkpoint
 from xinslm.config import TrainParams
 from xinslm.data import Batch, BlockBatches, ChatBatches, Prefetcher
 from xinslm.errors import XinslmError
-from xinslm.model import NanoChatModel
+from xinslm.model import IGNORE_INDEX, NanoChatModel
 from xinslm.muon import Muon
 from xinslm.resume import FREE_PARAMS, load_resume, rng_state, save_resume, set_rng_state
 from xinslm.tokens import atomic_dir
@@ -113,16 +116,20 @@ def autocast_for(device: torch.device):
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterator[Batch], device: torch.device) -> float:
-    """Mean loss per learned target over the given batches."""
+    """Mean loss per learned target over the given batches (with several processes: over the
+    batches of all of them, each process passing its own)."""
     model.eval()
     total, count = 0.0, 0
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         with autocast_for(device):
             _, loss = model(x, y)
-        n = int((y != -100).sum())
+        n = int((y != IGNORE_INDEX).sum())
         total, count = total + float(loss) * n, count + n
     model.train()
+    if distributed.current().size > 1:
+        sums = torch.tensor([total, count], dtype=torch.float64, device=device)
+        total, count = distributed.all_sum_(sums).tolist()
     return total / max(count, 1)
 
 
@@ -184,15 +191,24 @@ def train_loop(
     model, params and `data_identity`), and removes it when the run completes. `on_eval` is
     called with (step, val loss) after each evaluation. Returns the summary (final train and
     val loss, tokens seen, seconds).
+
+    Under torchrun (several processes), `train_batches` must be this process's slice of each
+    global batch and `val_batches` the batches of all: the gradients are averaged over the
+    processes, train and val loss and tokens count the global batch, and only rank 0 logs and
+    writes files.
     """
+    world = distributed.current()
     device = pick_device(params.device)
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)  # one GPU per process
+    distributed.init(world, device)
     setup_device(device)
     model.to(device)
     optimizers = make_optimizers(model, params, device)
-    step_fn = torch.compile(model) if use_compile(params, device) else model
     settings = {k: v for k, v in asdict(params).items() if k not in FREE_PARAMS}
     identity = {"stage": desc, "model": model.config.to_dict(), "params": settings}
     identity["data"] = data_identity or {}
+    identity["processes"] = world.size
     # Everything besides weights, optimizer, data position and RNG that a resumed run needs
     # to end exactly as an uninterrupted one: the loss window and what was logged so far.
     run: dict = {
@@ -209,9 +225,13 @@ def train_loop(
         for optimizer, state in zip(optimizers, resume["optimizer"], strict=True):
             optimizer.load_state_dict(state)
         train_batches.load_state_dict(resume["data"])
-        set_rng_state(resume["rng"])
+        set_rng_state(resume["rank_rng"][world.rank] if world.size > 1 else resume["rng"])
         run = resume["run"]
         tqdm.write(f"{desc}: resuming from {resume_path} at step {run['step']}")
+    elif world.size > 1:
+        torch.manual_seed(params.seed + world.rank)  # each process its own dropout masks
+    ddp = distributed.data_parallel(model, device)
+    step_fn = torch.compile(ddp) if use_compile(params, device) else ddp
     window_losses = run["window_losses"].to(device)
     window_start, timed_tokens = time.perf_counter(), 0
     start = time.perf_counter()
@@ -233,25 +253,30 @@ def train_loop(
         if not finite:  # one host sync for all the weights
             raise XinslmError(f"{desc}: weights became non-finite by step {done}{kept()}")
         run["step"], run["window_losses"] = done, window_losses.cpu()
-        save_resume(
-            resume_path,
-            model=_weights(model),
-            model_config=model.config.to_dict(),
-            tokenizer=checkpoint_extra.get("tokenizer", {}),
-            optimizer=[o.state_dict() for o in optimizers],
-            step=done,
-            data=data_state,
-            rng=rng_state(),
-            run=run,
-            identity=identity,
-        )
+        rngs = distributed.gather(rng_state())  # each process's dropout stream goes on
+        if world.main:
+            save_resume(
+                resume_path,
+                model=_weights(model),
+                model_config=model.config.to_dict(),
+                tokenizer=checkpoint_extra.get("tokenizer", {}),
+                optimizer=[o.state_dict() for o in optimizers],
+                step=done,
+                data=data_state,
+                rng=rngs[0],
+                **({"rank_rng": rngs} if world.size > 1 else {}),
+                run=run,
+                identity=identity,
+            )
+        distributed.barrier()  # no process goes on (or stops) before the file is there
 
     with contextlib.ExitStack() as stack:
         # Without a place for a resume checkpoint, SIGTERM and Ctrl-C act as they always do.
         no_stop: dict = {"signal": None}
         stop = stack.enter_context(stop_requests()) if resume_path is not None else no_stop
+        stack.callback(distributed.close)
         live = None
-        if live_dir is not None:
+        if live_dir is not None and world.main:
             from dvclive import Live
 
             live_tmp = stack.enter_context(atomic_dir(live_dir))
@@ -262,7 +287,7 @@ def train_loop(
             range(run["step"], params.max_steps),
             desc=desc,
             unit="step",
-            disable=None,
+            disable=None if world.main else True,
             mininterval=1.0,
             initial=run["step"],
             total=params.max_steps,
@@ -277,16 +302,28 @@ def train_loop(
                 for group in optimizer.param_groups:
                     group["lr"] = group["peak_lr"] * scale
             lr = params.lr * scale
+            micro = [
+                [t.to(device, non_blocking=True) for t in next(batches)]
+                for _ in range(params.grad_accum)
+            ]
+            # The step's loss is the mean over every learned target of the global batch (all
+            # micro-batches of all processes), as one big batch would give: each micro-batch
+            # weighs by its share of the targets. DDP averages gradients over the processes,
+            # hence the factor world.size. No host sync: the counts stay on the device.
+            counts = [(y != IGNORE_INDEX).sum() for _, y in micro]
+            total = distributed.all_sum_(sum(counts)).clamp(min=1)
             step_loss = torch.zeros((), device=device)
-            for _ in range(params.grad_accum):
-                x, y = next(batches)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            for i, ((x, y), count) in enumerate(zip(micro, counts, strict=True)):
+                if world.size > 1:  # all-reduce the gradients after the last micro-batch only
+                    ddp.require_backward_grad_sync = i == len(micro) - 1
                 with autocast_for(device):
                     _, loss = step_fn(x, y)
-                (loss / params.grad_accum).backward()
-                step_loss += loss.detach() / params.grad_accum
-                run["window_tokens"] += int(x.numel())
-                timed_tokens += int(x.numel())
+                share = loss * (count * world.size / total)
+                share.backward()
+                step_loss += share.detach() / world.size
+                run["window_tokens"] += int(x.numel()) * world.size
+                timed_tokens += int(x.numel()) * world.size
+            distributed.all_sum_(step_loss)  # the global batch's loss on every process
             if params.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
             for optimizer in optimizers:
@@ -313,7 +350,9 @@ def train_loop(
                 if val_batches is not None and (
                     done % params.eval_every == 0 or done == params.max_steps
                 ):
-                    val_loss = evaluate(model, val_batches(), device)
+                    # Every process evaluates every world.size-th batch.
+                    shard = itertools.islice(val_batches(), world.rank, None, world.size)
+                    val_loss = evaluate(model, shard, device)
                     run["summary"]["val_loss"] = metrics["val/loss"] = val_loss
                     if on_eval is not None:
                         on_eval(done, val_loss)
@@ -326,36 +365,42 @@ def train_loop(
                     _log(live, done, metrics)
             if done == params.max_steps or resume_path is None:
                 continue
-            if stop["signal"] is not None or (
-                params.checkpoint_every and done % params.checkpoint_every == 0
-            ):
+            stopping = stop["signal"] is not None
+            if world.size > 1:
+                # All processes stop at the same step. They agree at log points only (asking
+                # every step would wait for the GPUs every step); torchrun passes SIGTERM to
+                # them all and allows 30 s before it kills them.
+                stopping = done % params.log_every == 0 and distributed.any_rank(stopping, device)
+            if stopping or (params.checkpoint_every and done % params.checkpoint_every == 0):
                 save_resume_checkpoint(done, batches.state_dict())
-            if stop["signal"] is not None:
-                name = signal.Signals(stop["signal"]).name
+            if stopping:
+                signum = stop["signal"] or signal.SIGTERM  # (another process got it)
                 raise TrainingStopped(
-                    f"{desc}: stopped by {name} at step {done}; saved {resume_path}: "
-                    "run the stage again (dvc repro) to continue from there",
-                    stop["signal"],
+                    f"{desc}: stopped by {signal.Signals(signum).name} at step {done}; saved "
+                    f"{resume_path}: run the stage again (dvc repro) to continue from there",
+                    signum,
                 )
         bar.close()
         summary = {**run["summary"], "steps": params.max_steps}
         # No timings in the checkpoint: the same inputs give the same bytes, so DVC can see
         # that a rerun changed nothing and skip the stages after it.
-        save_checkpoint(
-            out_path,
-            model=_weights(model),
-            model_config=model.config.to_dict(),
-            optimizer=[o.state_dict() for o in optimizers],
-            step=params.max_steps,
-            train_params=asdict(params),
-            summary=summary,
-            **checkpoint_extra,
-        )
+        if world.main:
+            save_checkpoint(
+                out_path,
+                model=_weights(model),
+                model_config=model.config.to_dict(),
+                optimizer=[o.state_dict() for o in optimizers],
+                step=params.max_steps,
+                train_params=asdict(params),
+                summary=summary,
+                **checkpoint_extra,
+            )
+        distributed.barrier()
         summary["seconds"] = round(time.perf_counter() - start, 2)
         if live is not None:
             live.summary.update(seconds=summary["seconds"], tokens=summary["tokens"])
             live.end()
-    if resume_path is not None:
+    if resume_path is not None and world.main:
         Path(resume_path).unlink(missing_ok=True)  # the run is complete
     return summary
 
