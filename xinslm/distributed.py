@@ -105,6 +105,9 @@ def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
         model,
         device_ids=[device.index] if device.type == "cuda" else None,
         gradient_as_bucket_view=True,  # the buckets are the .grad tensors: no copies
+        # Fewer, larger all-reduces (and fewer pieces for torch.compile to cut the graph
+        # into): 100 MB measured 2% faster than the default 25 MB for d12 on 2 GPUs.
+        bucket_cap_mb=100,
         **no_buffer_sync,
     )
 
