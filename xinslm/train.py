@@ -200,7 +200,14 @@ def train_loop(
     world = distributed.current()
     device = pick_device(params.device)
     if world.size > 1 and device.type == "cuda":
+        if world.local_rank >= torch.cuda.device_count():
+            raise XinslmError(
+                f"{desc}: process {world.local_rank} of this machine has no GPU of its own "
+                f"({torch.cuda.device_count()} visible): set nproc to at most that"
+            )
         device = torch.device("cuda", world.local_rank)  # one GPU per process
+    if world.size > 1 and device.type not in ("cuda", "cpu"):
+        raise XinslmError(f"{desc}: nproc above 1 runs on CUDA GPUs or the CPU, not {device}")
     distributed.init(world, device)
     setup_device(device)
     model.to(device)
