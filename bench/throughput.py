@@ -2,6 +2,7 @@
 
     python bench/throughput.py [--depth 12 20] [--batch 16] [--ctx 2048] [--vocab 32768 65536]
                                [--optimizer adamw muon] [--compile true] [--steps 30]
+                               [--compile-mode max-autotune-no-cudagraphs]
                                [--nproc 2]
 
 Each depth is a nanochat-shaped model: n_embd = 64 * depth, heads of 128 channels (as many
@@ -65,7 +66,7 @@ def measure(args: argparse.Namespace, depth: int, vocab: int, optimizer: str) ->
     params = TrainParams(optimizer=optimizer, lr=1e-3)
     optimizers = make_optimizers(model, params, device)
     ddp = distributed.data_parallel(model, device)
-    step_fn = torch.compile(ddp) if args.compile else ddp
+    step_fn = torch.compile(ddp, mode=args.compile_mode) if args.compile else ddp
     x = torch.randint(0, vocab, (args.batch, args.ctx), device=device)
     y = torch.randint(0, vocab, (args.batch, args.ctx), device=device)
 
@@ -114,6 +115,11 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, nargs="+", default=[32768])
     parser.add_argument("--optimizer", nargs="+", default=["adamw", "muon"])
     parser.add_argument("--compile", type=lambda s: s.lower() == "true", default=True)
+    parser.add_argument(
+        "--compile-mode",
+        default=None,
+        help="torch.compile mode, e.g. max-autotune-no-cudagraphs (train_loop: the default)",
+    )
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--nproc", type=int, default=1, help="GPUs, through torchrun")
@@ -122,7 +128,8 @@ def main() -> None:
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"device: {world.size} x {name}, torch {torch.__version__}, ", end="")
     print(f"batch {args.batch} x ctx {args.ctx} per process,")
-    print(f"compile {args.compile}, median of {args.steps} steps")
+    mode = f" ({args.compile_mode})" if args.compile and args.compile_mode else ""
+    print(f"compile {args.compile}{mode}, median of {args.steps} steps")
     print(
         f"{'gpus':>4} {'depth':>5} {'vocab':>6} {'optimizer':>9} {'params':>8} {'ms/step':>8} "
         f"{'tokens/s':>10} {'MFU':>6} {'warmup s':>9} {'mem GB':>7}"
