@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from test_resume import scratch_inputs, set_params
 
 from xinslm.checkpoint import load_checkpoint, model_from_checkpoint
 from xinslm.data import BlockBatches, ShuffledIndices
@@ -39,25 +39,13 @@ def run_stage(name: str, cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
-def set_params(cwd: Path, section: str, **values) -> None:
-    params = yaml.safe_load((cwd / "params.yaml").read_text())
-    params[section].update(values)
-    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Prepared data, then pretrain + sft twice: one process with batches of 8 (sft: 4, two
     micro-batches a step), and two processes with 4 each (sft: 2)."""
     base = tmp_path_factory.mktemp("ddp")
     prepared = base / "prepared"
-    prepared.mkdir()
-    shutil.copy(ROOT / "params.yaml", prepared / "params.yaml")
-    shutil.copytree(
-        ROOT / "data",
-        prepared / "data",
-        ignore=shutil.ignore_patterns("tokens", "blocks", "chat", "tokenizer"),
-    )
+    scratch_inputs(prepared)
     for section, values in TINY.items():
         set_params(prepared, section, **values, **(COMMON if section != "model" else {}))
     for stage in ("tokenize-text", "pack", "render-chat"):

@@ -57,11 +57,9 @@ def set_params(cwd: Path, section: str, **values) -> None:
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    """Tokenized, packed and rendered bundled data, tiny params, and an uninterrupted run of
-    pretrain and sft (the reference)."""
-    work = tmp_path_factory.mktemp("resume") / "ref"
+def scratch_inputs(work: Path) -> None:
+    """A new folder `work` holding params.yaml and the bundled data, without stage outputs:
+    the stage scripts run there as in the repo."""
     work.mkdir()
     shutil.copy(ROOT / "params.yaml", work / "params.yaml")
     shutil.copytree(
@@ -69,6 +67,14 @@ def prepared(tmp_path_factory) -> Path:
         work / "data",
         ignore=shutil.ignore_patterns("tokens", "blocks", "chat", "tokenizer"),
     )
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """Tokenized, packed and rendered bundled data, tiny params, and an uninterrupted run of
+    pretrain and sft (the reference)."""
+    work = tmp_path_factory.mktemp("resume") / "ref"
+    scratch_inputs(work)
     for section, values in TINY.items():
         set_params(work, section, **values)
     for stage in ("tokenize-text", "pack", "render-chat", "pretrain", "sft"):
