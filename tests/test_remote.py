@@ -86,9 +86,16 @@ def test_pulled_clone_has_identical_outputs_and_nothing_to_run(
 
 def test_queued_sweep_runs_and_shows_sorted(trained: Path) -> None:
     lock = (trained / "dvc.lock").read_text()
+    # A queued experiment runs the repo as it was when queued, xinslm/ included (the stages
+    # import the copy beside them, not the installed package): an edit made before queueing
+    # runs in the experiments, though the workspace drops it before the queue starts.
+    train_py = trained / "xinslm" / "train.py"
+    original = train_py.read_text()
+    train_py.write_text(original + '\nprint("train.py as queued")\n')
     queued = run(
         ["dvc", "exp", "run", "--queue", "-S", "pretrain.lr=0.001,0.01", "-n", "lr"], trained
     ).stdout
+    train_py.write_text(original)
     assert re.findall(r"Queued experiment '([^']+)'", queued) == ["lr-1", "lr-2"]
     run(["dvc", "queue", "start"], trained)  # one background worker, as the README says
     try:
@@ -101,6 +108,7 @@ def test_queued_sweep_runs_and_shows_sorted(trained: Path) -> None:
         # Each experiment starts from the committed outputs: only what reads pretrain.lr runs.
         ran = set(re.findall(r"Running stage '([^']+)'", log))
         assert ran == {"pretrain", "sft", "evaluate"}, log
+        assert log.count("train.py as queued") == 3, log  # once in each of the three stages
 
     def shown(order: str) -> list[dict[str, str]]:
         table = run(
