@@ -117,15 +117,8 @@ def close() -> None:
         dist.destroy_process_group()
 
 
-def all_mean_(tensor: torch.Tensor) -> torch.Tensor:
-    """Average `tensor` over the processes, in place (nothing to do with one process)."""
-    if dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        tensor /= dist.get_world_size()
-    return tensor
-
-
 def all_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over the processes, in place (nothing to do with one process)."""
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
