@@ -9,9 +9,11 @@ sizes: 4 layers, 4 heads, 128 wide, context 64, batch 12, no dropout. The text i
 tinyshakespeare.txt (from $XINSLM_SHARED_DATA, default ../shared/data): pure ASCII, so the
 byte tokenizer is character level as nanoGPT's is; the first 90% trains, the rest (from the
 next line start) is val, as tokenize-text splits it. Tokenizing, packing and training run
-through xinslm.text and xinslm.train.train_loop. Val loss is measured every --eval-every
-steps (on all of val; with --cpu on 20 batches, as nanoGPT's CPU recipe, and on all of val
-at the end) and printed against wall seconds since this process started. Reports the time
+through xinslm's tokenize_text, pack_blocks and train_loop; every training setting is set
+here (not read from params.yaml), so the figures do not move when its defaults do. Val loss
+is measured every --eval-every steps (on all of val; with --cpu on 20 batches, as nanoGPT's
+CPU recipe, and on all of val at the end) and printed against wall seconds since this
+process started. Reports the time
 to the target val loss (1.47 on GPU, 1.886 on CPU: nanoGPT's figures) and the best val
 loss. Needs torch, numpy and pyyaml only: no dvc.
 """
@@ -58,13 +60,29 @@ def main() -> None:
 
     import torch
 
+    from xinslm.artifact import open_array, read_meta
+    from xinslm.batches import BlockBatches, val_block_batches
     from xinslm.config import PretrainParams
-    from xinslm.data import BlockBatches, val_block_batches
+    from xinslm.device import seed_everything
+    from xinslm.losses import loss_sums
     from xinslm.model import ModelConfig, NanoChatModel
-    from xinslm.text import pack_blocks, tokenize_text
+    from xinslm.pack import pack_blocks
+    from xinslm.tokenize_text import tokenize_text
     from xinslm.tokenizer import ByteTokenizer
-    from xinslm.tokens import open_array, read_meta
-    from xinslm.train import seed_everything, train_loop
+    from xinslm.train import TrainJob, train_loop
+    from xinslm.train_log import ConsoleLog
+
+    class CurveLog(ConsoleLog):
+        """The console's bar, and each val loss against wall seconds since process start."""
+
+        def __init__(self) -> None:
+            super().__init__("shakespeare")
+            self.curve: list[tuple[int, float, float]] = []
+
+        def metrics(self, step: int, metrics: dict) -> None:
+            super().metrics(step, metrics)
+            if "val/loss" in metrics:
+                self.curve.append((step, time.perf_counter() - START, metrics["val/loss"]))
 
     sizes = CPU if args.cpu else GPU
     device = "cpu" if args.cpu else "auto"
@@ -73,7 +91,7 @@ def main() -> None:
     max_steps = args.max_steps or 2000
     eval_every = args.eval_every or (250 if args.cpu else 50)
     work = Path(tempfile.mkdtemp(prefix="xinslm-shakespeare-"))
-    tokenize_text(SHARED / "tinyshakespeare.txt", ByteTokenizer(), work / "tokens", 0.1)
+    tokenize_text(SHARED / "tinyshakespeare.txt", ByteTokenizer(), work / "tokens", 0.1, 1 << 22)
     pack_blocks(work / "tokens", work / "blocks", sizes["context_len"])
     meta = read_meta(work / "blocks", "blocks")
     train, val = (
@@ -84,19 +102,26 @@ def main() -> None:
     params = PretrainParams(
         max_steps=max_steps,
         batch_size=sizes["batch"],
+        grad_accum=1,
         optimizer=args.optimizer,
         lr=args.lr,
         muon_lr=args.muon_lr,
+        muon_momentum=0.95,
+        min_lr_frac=0.1,
         warmup_steps=args.warmup if args.warmup is not None else max_steps // 20,
         weight_decay=args.weight_decay,
+        beta1=0.9,
         beta2=0.99,
+        grad_clip=1.0,
         log_every=eval_every,
         eval_every=eval_every,
         # GPU: all of val each time; CPU: 20 batches (15k tokens), as nanoGPT's CPU recipe.
         eval_batches=20 if args.cpu else 10**6,
+        checkpoint_every=0,
         seed=args.seed,
         device=device,
         compile={"auto": "auto", "true": True, "false": False}[args.compile],
+        nproc=1,
         shift_blocks=args.shift_blocks == "true",
     )
     seed_everything(params.seed)
@@ -110,10 +135,6 @@ def main() -> None:
         vocab_size=ByteTokenizer().vocab_size,
     )
     model = NanoChatModel(config)
-    curve: list[tuple[int, float, float]] = []
-
-    def on_eval(step: int, loss: float) -> None:
-        curve.append((step, time.perf_counter() - START, loss))
 
     print(
         f"shakespeare-char ({'cpu' if args.cpu else 'gpu'}): {model.num_params():,} parameters, "
@@ -122,23 +143,28 @@ def main() -> None:
         f"{max_steps} steps",
         flush=True,
     )
+    job = TrainJob(
+        name="shakespeare",
+        params=params,
+        out_path=work / "model.pt",
+        live_dir=None,
+        resume_path=None,
+        data={},
+        checkpoint_extra={"tokenizer": meta["tokenizer"]},
+    )
+    log = CurveLog()
     summary = train_loop(
         model,
         BlockBatches(train, params.batch_size, params.seed, params.shift_blocks),
         lambda: val_block_batches(val, params.batch_size, params.eval_batches),
-        params,
-        out_path=work / "model.pt",
-        live_dir=None,
-        checkpoint_extra={"tokenizer": meta["tokenizer"]},
-        desc="shakespeare",
-        on_eval=on_eval,
+        job,
+        log,
     )
     total = time.perf_counter() - START
+    curve = log.curve
     if args.cpu:  # the periodic evaluations saw 20 batches; the final model is judged on all
-        from xinslm.train import evaluate
-
-        full = evaluate(model, val_block_batches(val, 64, 10**6), torch.device("cpu"))
-        print(f"final val loss on all of val: {full:.4f}")
+        nats, count = loss_sums(model, val_block_batches(val, 64, 10**6), torch.device("cpu"))
+        print(f"final val loss on all of val: {nats / count:.4f}")
     print(f"\n{'step':>6} {'wall s':>8} {'val loss':>9}")
     for step, seconds, loss in curve:
         print(f"{step:>6} {seconds:>8.1f} {loss:>9.4f}")

@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xinslm import distributed  # noqa: E402
 from xinslm.config import TrainParams  # noqa: E402
+from xinslm.device import setup_device  # noqa: E402
 from xinslm.model import ModelConfig, NanoChatModel  # noqa: E402
-from xinslm.train import autocast_for, make_optimizers, setup_device  # noqa: E402
+from xinslm.step import TrainStep  # noqa: E402
 
 PEAK_FLOPS = {"cuda": 989e12}  # bf16 dense, H100/H200 SXM
 
@@ -45,12 +46,20 @@ def flops_per_token(model: NanoChatModel) -> float:
     return 6 * matrices + 12 * c.n_layer * c.n_embd * c.context_len
 
 
+def step_params(optimizer: str, compile: bool) -> TrainParams:
+    """The step's settings, set here so the figures do not move when params.yaml does."""
+    return TrainParams(
+        max_steps=10**6, batch_size=1, grad_accum=1, optimizer=optimizer, lr=1e-3, muon_lr=0.02,
+        muon_momentum=0.95, min_lr_frac=0.1, warmup_steps=0, weight_decay=0.1, beta1=0.9,
+        beta2=0.95, grad_clip=1.0, log_every=10, eval_every=50, eval_batches=8,
+        checkpoint_every=0, seed=0, device="auto", compile=compile, nproc=1,
+    )  # fmt: skip
+
+
 def measure(args: argparse.Namespace, depth: int, vocab: int, optimizer: str) -> dict:
     world = distributed.current()
-    device = torch.device("cpu")
-    if torch.cuda.is_available():
-        device = torch.device("cuda", world.local_rank)
-    distributed.init(world, device)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = distributed.init(world, device, "throughput")
     setup_device(device)
     heads = max(1, 64 * depth // 128)
     config = ModelConfig(
@@ -63,20 +72,12 @@ def measure(args: argparse.Namespace, depth: int, vocab: int, optimizer: str) ->
     )
     torch.manual_seed(0)
     model = NanoChatModel(config).to(device)
-    params = TrainParams(optimizer=optimizer, lr=1e-3)
-    optimizers = make_optimizers(model, params, device)
-    ddp = distributed.data_parallel(model, device)
-    step_fn = torch.compile(ddp, mode=args.compile_mode) if args.compile else ddp
+    train_step = TrainStep(model, step_params(optimizer, args.compile), device, args.compile_mode)
     x = torch.randint(0, vocab, (args.batch, args.ctx), device=device)
     y = torch.randint(0, vocab, (args.batch, args.ctx), device=device)
 
     def step() -> None:
-        with autocast_for(device):
-            _, loss = step_fn(x, y)
-        loss.backward()
-        for o in optimizers:
-            o.step()
-        model.zero_grad(set_to_none=True)
+        train_step([(x, y)], 10**5)  # past warmup: the lr is set, not read from the device
 
     start = time.perf_counter()
     for _ in range(args.warmup):

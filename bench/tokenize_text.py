@@ -6,7 +6,7 @@
 Builds a text of at least --mb megabytes by repeating tinyshakespeare.txt (from
 $XINSLM_SHARED_DATA, default ../shared/data), then, each in a fresh process so peak memory is
 its own, tokenizes it (naive) the seed's way: every line through encode() into one Python
-list, then a numpy array; (xinslm) through xinslm.text.tokenize_text: chunked reads, pieces
+list, then a numpy array; (xinslm) through xinslm.tokenize_text: chunked reads, pieces
 encoded on a thread per CPU straight into uint32 buffers, written to the memmap as they come;
 (one-thread) the same on one thread, to show what the threads add. Prints MB/s, the speedup
 over naive, and each run's peak RSS. `bpe` is a 4096-token BPE trained on the same text first.
@@ -42,7 +42,7 @@ def run_one(mode: str, name: str, path: Path, work: Path) -> dict:
     import numpy as np
 
     from xinslm import tokenizer as tokenizer_module
-    from xinslm.text import tokenize_text
+    from xinslm.tokenize_text import tokenize_text
 
     if mode == "one-thread":
         tokenizer_module.ENCODE_THREADS = 1
@@ -55,7 +55,7 @@ def run_one(mode: str, name: str, path: Path, work: Path) -> dict:
                 ids.extend(tokenizer.encode(line))
         count = len(np.asarray(ids, dtype=np.uint32))
     else:
-        meta = tokenize_text(path, tokenizer, work / f"tokens-{name}", val_fraction=0.1)
+        meta = tokenize_text(path, tokenizer, work / f"tokens-{name}", 0.1, 4 << 20)
         count = sum(a["shape"][0] for a in meta["arrays"].values())
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -5,25 +5,23 @@ skill shows as the difference), and the chat model's loss on held-out assistant 
 """
 
 import json
+from dataclasses import asdict
 
 import torch
 
+from xinslm.artifact import open_array, read_meta
+from xinslm.atomic import write_json
+from xinslm.batches import ChatData
 from xinslm.checkpoint import load_checkpoint, model_from_checkpoint
 from xinslm.config import load_params
-from xinslm.data import ChatData
+from xinslm.device import pick_device
 from xinslm.errors import XinslmError, run_main
-from xinslm.evaluate import assistant_loss, chat_reply, continuation, text_loss_and_bpb
+from xinslm.generate import Sampling, chat_reply, continuation
+from xinslm.losses import assistant_loss, text_loss_and_bpb
 from xinslm.tokenizer import tokenizer_for
-from xinslm.tokens import atomic_file, open_array, read_meta
-from xinslm.train import pick_device
 
 BASE, CHAT, BLOCKS, CHATS = "checkpoints/base.pt", "checkpoints/chat.pt", "data/blocks", "data/chat"
 METRICS, SAMPLES = "eval/metrics.json", "eval/samples.json"
-
-
-def write_json(path: str, data: dict) -> None:
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def main() -> None:
@@ -37,7 +35,7 @@ def main() -> None:
     if len(val_blocks) == 0 or len(val_chats) == 0:
         raise XinslmError("no held-out data: set text.val_fraction > 0 and a chat.val_input")
     token_bytes = torch.tensor(tokenizer.token_byte_lengths())
-    sampling = dict(
+    sampling = Sampling(
         max_new_tokens=ev.max_new_tokens,
         temperature=ev.temperature,
         top_k=ev.top_k,
@@ -45,7 +43,7 @@ def main() -> None:
         seed=ev.seed,
     )
 
-    metrics, samples = {}, {"settings": sampling, "chat": [], "base": []}
+    metrics, samples = {}, {"settings": asdict(sampling), "chat": [], "base": []}
     for name, ckpt in (("base", base), ("chat", chat)):
         model = model_from_checkpoint(ckpt).to(device)
         text = text_loss_and_bpb(model, val_blocks, token_bytes, ev.batch_size, device)
@@ -53,16 +51,15 @@ def main() -> None:
         if name == "base":
             metrics["tokenizer"] = {"val_bytes_per_token": text["bytes"] / text["tokens"]}
             for prompt in ev.base_prompts:
-                reply = continuation(model, tokenizer, prompt, **sampling)
+                reply = continuation(model, tokenizer, prompt, sampling)
                 samples["base"].append({"prompt": prompt, "continuation": reply})
         else:
             metrics[name]["assistant_val_loss"] = assistant_loss(
                 model, val_chats, ev.batch_size, device
             )
             for prompt in ev.prompts:
-                reply = chat_reply(
-                    model, tokenizer, [{"role": "user", "content": prompt}], **sampling
-                )
+                conversation = [{"role": "user", "content": prompt}]
+                reply = chat_reply(model, tokenizer, conversation, sampling)
                 samples["chat"].append({"prompt": prompt, "reply": reply})
 
     write_json(METRICS, metrics)

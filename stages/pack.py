@@ -2,7 +2,7 @@
 
 from xinslm.config import load_params
 from xinslm.errors import run_main
-from xinslm.text import pack_blocks
+from xinslm.pack import pack_blocks
 
 IN, OUT = "data/tokens", "data/blocks"
 

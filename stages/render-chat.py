@@ -1,8 +1,8 @@
 """Stage render-chat: train and val chat JSONL -> data/chat ids, label mask, offsets, meta."""
 
-from xinslm.chat import render_chat
 from xinslm.config import load_params
 from xinslm.errors import run_main
+from xinslm.render_chat import render_chat
 from xinslm.tokenizer import get_tokenizer
 
 OUT = "data/chat"
@@ -11,15 +11,7 @@ OUT = "data/chat"
 def main() -> None:
     tok, model, chat = load_params("params.yaml", "tokenizer", "model", "chat")
     tokenizer = get_tokenizer(tok.name, tok.encodings_dir)
-    meta = render_chat(
-        chat.input,
-        chat.val_input,
-        tokenizer,
-        OUT,
-        context_len=model.context_len,
-        on_error=chat.on_error,
-        overlong=chat.overlong,
-    )
+    meta = render_chat(chat, tokenizer, OUT, model.context_len)
     n = meta["conversations"]
     print(
         f"render-chat: {n['train']:,} train and {n['val']:,} val conversations -> {OUT} "

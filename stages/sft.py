@@ -4,59 +4,50 @@ The model is built from base.pt's own config, so its shape cannot mismatch the b
 """
 
 from xinslm import distributed
+from xinslm.batches import ChatBatches, ChatData, val_chat_batches
 from xinslm.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
 from xinslm.config import load_params
-from xinslm.data import ChatBatches, ChatData, val_chat_batches
+from xinslm.device import pick_device, seed_everything, use_compile
 from xinslm.errors import XinslmError, run_main
-from xinslm.train import pick_device, seed_everything, train_loop, use_compile
+from xinslm.train import TrainJob, train_loop
 
 BASE, CHAT, OUT, LIVE = "checkpoints/base.pt", "data/chat", "checkpoints/chat.pt", "dvclive/sft"
 RESUME = "checkpoints/resume/sft.pt"  # outside the stage's outs, so a rerun finds it
 
 
 def main() -> None:
-    (train_p,) = load_params("params.yaml", "sft")
-    world = distributed.launch(train_p.nproc, "sft")  # nproc > 1: under torchrun
+    (p,) = load_params("params.yaml", "sft")
+    world = distributed.launch(p.nproc, "sft")  # nproc > 1: under torchrun
     base = load_checkpoint(BASE)
-    train_data = ChatData(CHAT, "train", tokenizer=base["tokenizer"])
-    val_data = ChatData(CHAT, "val", tokenizer=base["tokenizer"])
+    train_data, val_data = (ChatData(CHAT, s, base["tokenizer"]) for s in ("train", "val"))
     if train_data.meta["context_len"] > base["model_config"]["context_len"]:
         raise XinslmError(f"{CHAT} was rendered for a longer context than {BASE} has")
 
-    compiling = use_compile(train_p, pick_device(train_p.device))
-    seed_everything(train_p.seed)
+    seed_everything(p.seed)
     model = model_from_checkpoint(base)
     print(f"sft: from {BASE} (step {base['step']}), {len(train_data):,} train conversations")
+    # A compiled model gets widths in steps of 64 tokens, not a new shape every batch.
+    pad_to = 64 if use_compile(p.compile, pick_device(p.device)) else 1
+    batches = ChatBatches(train_data, p.batch_size, p.seed, pad_to, *world.slot)
 
-    def val_batches():
-        # As many batches of batch_size as one process would read with the global batch.
-        return val_chat_batches(val_data, train_p.batch_size, train_p.eval_batches * world.size)
+    def val_batches():  # the same first batches at every evaluation
+        return val_chat_batches(val_data, p.batch_size, p.eval_batches * world.size)
 
-    summary = train_loop(
-        model,
-        # A compiled model gets widths in steps of 64 tokens, not a new shape every batch.
-        ChatBatches(
-            train_data,
-            train_p.batch_size,
-            train_p.seed,
-            pad_to=64 if compiling else 1,
-            rank=world.rank,
-            world=world.size,
-        ),
-        val_batches if len(val_data) else None,
-        train_p,
+    job = TrainJob(
+        name="sft",
+        params=p,
         out_path=OUT,
         live_dir=LIVE,
+        resume_path=RESUME,
+        # A resume checkpoint counts only for the same base model and the same rendered chats.
+        data={"base_sha256": file_sha256(BASE), "chat": train_data.meta},
         checkpoint_extra={
             "tokenizer": base["tokenizer"],
             "stage": "sft",
             "base_step": base["step"],
         },
-        desc="sft",
-        resume_path=RESUME,
-        # A resume checkpoint counts only for the same base model and the same rendered chats.
-        data_identity={"base_sha256": file_sha256(BASE), "chat": train_data.meta},
     )
+    summary = train_loop(model, batches, val_batches if len(val_data) else None, job)
     print(f"sft: {summary} -> {OUT}")
 
 

@@ -2,7 +2,7 @@
 
 from xinslm.config import load_params
 from xinslm.errors import run_main
-from xinslm.text import tokenize_text
+from xinslm.tokenize_text import tokenize_text
 from xinslm.tokenizer import get_tokenizer
 
 OUT = "data/tokens"

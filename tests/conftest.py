@@ -1,13 +1,31 @@
-"""Shared helpers: where the real data lives, and tiktoken tokenizers that skip when absent."""
+"""Shared helpers: the real data, tokenizers that skip when their files are absent, stage runs
+(in this process, or as a subprocess for the end-to-end cases), scratch copies of the inputs,
+params edits, and tiny models."""
 
+from __future__ import annotations
+
+import contextlib
+import dataclasses
 import functools
+import io
 import os
+import runpy
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hypothesis import settings
 
+from xinslm.batches import shifted_labels
+from xinslm.chat_template import render_conversation
+from xinslm.config import ChatParams, load_params
+from xinslm.model import ModelConfig
+from xinslm.render_chat import render_chat
+from xinslm.step import TrainStep
 from xinslm.tokenizer import TIKTOKEN_ENCODINGS, ByteTokenizer, get_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,6 +44,195 @@ def shared_data() -> Path:
     """The shared real-data folder: $XINSLM_SHARED_DATA, else ../shared/data from the repo."""
     env = os.environ.get("XINSLM_SHARED_DATA")
     return Path(env) if env else REPO / ".." / "shared" / "data"
+
+
+# --- stages -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class StageRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_stage(name: str, cwd: Path) -> StageRun:
+    """Run stages/<name>.py in this process, in `cwd`, as `python stages/<name>.py` would:
+    its exit code (0, or what run_main exits with), stdout and stderr."""
+    script = str(REPO / "stages" / f"{name}.py")
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    argv, cwd_before = sys.argv, os.getcwd()
+    try:
+        sys.argv = [script]
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(script, run_name="__main__")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv
+        os.chdir(cwd_before)
+    return StageRun(code, out.getvalue(), err.getvalue())
+
+
+def stage_command(name: str) -> list[str]:
+    return [sys.executable, str(REPO / "stages" / f"{name}.py")]
+
+
+def run_stage_process(name: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run stages/<name>.py as its own process (the end-to-end cases)."""
+    return subprocess.run(stage_command(name), cwd=cwd, capture_output=True, text=True)
+
+
+def scratch_inputs(work: Path) -> Path:
+    """A new folder `work` holding params.yaml and the bundled data, without stage outputs:
+    the stage scripts run there as in the repo."""
+    work.mkdir(parents=True)
+    shutil.copy(REPO / "params.yaml", work / "params.yaml")
+    shutil.copytree(
+        REPO / "data",
+        work / "data",
+        ignore=shutil.ignore_patterns("tokens", "blocks", "chat", "tokenizer"),
+    )
+    return work
+
+
+def set_params(cwd: Path, section: str, **values: object) -> None:
+    """Set keys of one section of cwd/params.yaml."""
+    path = cwd / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+# --- DVC repos ----------------------------------------------------------------------------
+
+ALL_STAGES = {
+    "train-tokenizer",
+    "tokenize-text",
+    "pack",
+    "pretrain",
+    "render-chat",
+    "sft",
+    "evaluate",
+}
+# Small enough that the whole pipeline trains in seconds on two CPU cores.
+TINY_PIPELINE = {
+    "model": {"n_layer": 1, "n_head": 2, "n_kv_head": 1, "n_embd": 32},
+    "pretrain": {"max_steps": 4, "batch_size": 4, "eval_every": 2, "eval_batches": 1},
+    "sft": {"max_steps": 3, "batch_size": 4, "eval_every": 2, "eval_batches": 1},
+    "eval": {"max_new_tokens": 8, "prompts": ["What is 2 plus 3?"], "base_prompts": ["The"]},
+}
+
+
+def command_env() -> dict[str, str]:
+    """The environment for dvc and git: this venv's tools first, a git identity on bare CI."""
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    for who in ("AUTHOR", "COMMITTER"):  # `dvc exp run` commits experiments
+        env.setdefault(f"GIT_{who}_NAME", "xinslm tests")
+        env.setdefault(f"GIT_{who}_EMAIL", "tests@xinslm.invalid")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command (dvc, git) in `cwd`; with check, a failure shows its output."""
+    proc = subprocess.run(cmd, cwd=cwd, env=command_env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def edit_params(repo: Path, changes: dict) -> None:
+    """Apply {section: {key: value}} to repo/params.yaml."""
+    for section, values in changes.items():
+        set_params(repo, section, **values)
+
+
+def make_repo(repo: Path) -> Path:
+    """A git repo at `repo`: the committed tree plus the working copy's files, tiny params,
+    one full `dvc repro` done and committed."""
+    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO).stdout
+    for name in files.split():
+        if (REPO / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, repo / name)
+    # Start from nothing run: no lock file, no metrics from the real params.
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    shutil.rmtree(repo / "dvclive", ignore_errors=True)
+    edit_params(repo, TINY_PIPELINE)
+    run(["git", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "init"], repo)
+    run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "repro"], repo)
+    return repo
+
+
+def copy_repo(source: Path, target: Path) -> Path:
+    """A copy of a repo made by make_repo, at `target`: git, DVC's cache and the outputs, not
+    DVC's temporary files (locks, the experiments queue)."""
+    shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns("tmp"))
+    return target
+
+
+@pytest.fixture(scope="session")
+def trained_repo(tmp_path_factory) -> Path:
+    """A repo with tiny params, the whole pipeline run and committed: built once per session,
+    copied by the tests that change it (copy_repo)."""
+    return make_repo(tmp_path_factory.mktemp("trained") / "repo")
+
+
+# --- library objects ----------------------------------------------------------------------
+
+
+def tiny_config(**overrides: object) -> ModelConfig:
+    """A model of a few thousand weights over the byte vocabulary."""
+    shape = {"context_len": 32, "n_layer": 2, "n_head": 2, "n_kv_head": 1, "n_embd": 32}
+    return ModelConfig(**{"vocab_size": ByteTokenizer().vocab_size, **shape, **overrides})
+
+
+def train_params(section: str = "pretrain", **overrides: object):
+    """The repo's params.yaml section `section`, with `overrides`."""
+    (params,) = load_params(REPO / "params.yaml", section)
+    return dataclasses.replace(params, **overrides)
+
+
+def train_on(model, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float) -> float:
+    """Train `model` on one batch for `steps` steps at a constant lr (AdamW, no clipping or
+    weight decay) through TrainStep, the training loop's own step; return the last loss."""
+    params = train_params(
+        optimizer="adamw", lr=lr, max_steps=steps, warmup_steps=0, min_lr_frac=1.0,
+        weight_decay=0.0, grad_clip=0.0, compile=False, device="cpu",
+    )  # fmt: skip
+    step = TrainStep(model, params, torch.device("cpu"))
+    for i in range(steps):
+        loss, _ = step([(x, y)], i)
+    return float(loss)
+
+
+def render_chat_files(
+    train: Path,
+    val: Path,
+    tokenizer,
+    out: Path,
+    context_len: int,
+    on_error: str = "fail",
+    overlong: str = "truncate",
+) -> dict:
+    """render_chat over two JSONL files, with the chat section's settings as arguments."""
+    chat = ChatParams(input=str(train), val_input=str(val), on_error=on_error, overlong=overlong)
+    return render_chat(chat, tokenizer, out, context_len)
+
+
+def conversation_example(conversation: list[dict], tokenizer) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one conversation, as sft trains on it."""
+    ids, learned = render_conversation(conversation, tokenizer)
+    return ids, shifted_labels(torch.tensor(ids), torch.tensor(learned)).tolist()
+
+
+# --- tokenizers ---------------------------------------------------------------------------
 
 
 @functools.cache

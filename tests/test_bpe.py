@@ -7,16 +7,15 @@ import re
 
 import numpy as np
 import pytest
-from conftest import tiktoken_tokenizer
+from conftest import conversation_example, tiktoken_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from xinslm.artifact import check_tokenizer, open_array
 from xinslm.bpe import train_bpe, training_text, write_unused
-from xinslm.chat import render_conversation_with_labels
 from xinslm.errors import XinslmError
-from xinslm.text import tokenize_text
+from xinslm.tokenize_text import tokenize_text
 from xinslm.tokenizer import ByteTokenizer, TiktokenTokenizer, get_tokenizer
-from xinslm.tokens import check_tokenizer, open_array
 
 TEXT = (
     "The keeper climbed the stairs of the lighthouse every evening. "
@@ -74,7 +73,7 @@ def test_chat_template_special_tokens_survive_every_tokenizer(name, bpe) -> None
         {"role": "user", "content": "Say <|assistant|> twice"},
         {"role": "assistant", "content": "<|assistant|> <|assistant|>"},
     ]
-    ids, labels = render_conversation_with_labels(conversation, tok)
+    ids, labels = conversation_example(conversation, tok)
     assert ids.count(tok.special["<|assistant|>"]) == 1
     assert ids.count(tok.end_id) == 3 and ids[0] == tok.bos_id
     learned = tok.decode([t for t in labels if t != -100])
@@ -127,7 +126,7 @@ def test_vocab_over_65536_is_stored_as_uint32(tmp_path) -> None:
     path = tmp_path / "t.txt"
     text = "Hello wörld — 東京 and café\n" * 50
     path.write_text(text)
-    meta = tokenize_text(path, tok, tmp_path / "tokens", val_fraction=0.0)
+    meta = tokenize_text(path, tok, tmp_path / "tokens", val_fraction=0.0, chunk_bytes=1 << 20)
     train = open_array(tmp_path / "tokens", meta, "train")
     assert train.dtype == np.uint32
     expected = [tok.bos_id, *tok.encode(text)]

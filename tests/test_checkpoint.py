@@ -4,11 +4,11 @@ import shlex
 
 import pytest
 import torch
-from conftest import dot_entries
+from conftest import dot_entries, tiny_config
 
 from xinslm.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from xinslm.errors import XinslmError
-from xinslm.model import ModelConfig, NanoChatModel
+from xinslm.model import NanoChatModel
 from xinslm.tokenizer import ByteTokenizer
 
 BYTE = ByteTokenizer().identity()
@@ -16,7 +16,7 @@ BYTE = ByteTokenizer().identity()
 
 def tiny_model():
     torch.manual_seed(0)
-    model = NanoChatModel(ModelConfig(context_len=16, n_layer=1, n_embd=32, n_head=2, n_kv_head=1))
+    model = NanoChatModel(tiny_config(context_len=16, n_layer=1))
     with torch.no_grad():
         for p in model.parameters():  # so that every weight, even the zero-init ones, matters
             p.add_(torch.randn_like(p) * 0.1)

@@ -1,4 +1,5 @@
-"""The `xinslm` command: one-shot and interactive chat on a model that learned one reply."""
+"""The `xinslm` command: one-shot and interactive chat on a model that learned one reply, and
+text continuation on the document it learned too."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import sys
 
 import pytest
 import torch
+from conftest import conversation_example, tiny_config, train_on
 
 from xinslm import cli, generate
-from xinslm.chat import render_conversation_with_labels, render_prompt
+from xinslm.chat_template import render_conversation, render_prompt
 from xinslm.checkpoint import save_checkpoint
-from xinslm.model import ModelConfig, NanoChatModel
+from xinslm.model import IGNORE_INDEX, NanoChatModel
 from xinslm.tokenizer import ByteTokenizer
 
 BYTE = ByteTokenizer()
@@ -21,21 +23,18 @@ GREEDY = ["--temperature", "0"]
 
 @pytest.fixture(scope="module")
 def parrot(tmp_path_factory) -> str:
-    """A checkpoint whose model learned to answer 'hi' with 'hello' and then stop."""
+    """A checkpoint whose model learned to answer 'hi' with 'hello' and then stop, and the
+    document 'Once upon a time' (BOS before and after it, as in the token stream)."""
     torch.manual_seed(0)
-    model = NanoChatModel(
-        ModelConfig(vocab_size=BYTE.vocab_size, context_len=64, n_layer=1, n_embd=64, n_head=2)
-    )
+    model = NanoChatModel(tiny_config(context_len=64, n_layer=1, n_embd=64, n_kv_head=2))
     conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
-    ids, labels = render_conversation_with_labels(conversation, BYTE)
-    x, y = torch.tensor([ids]), torch.tensor([labels])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(200):
-        _, loss = model(x, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert loss.item() < 0.01
+    ids, labels = conversation_example(conversation, BYTE)
+    doc = [BYTE.bos_id, *BYTE.encode("Once upon a time"), BYTE.bos_id]
+    width = max(len(ids), len(doc))
+    x = torch.tensor([ids + [0] * (width - len(ids)), doc + [0] * (width - len(doc))])
+    y = torch.full((2, width), IGNORE_INDEX)
+    y[0, : len(labels)], y[1, : len(doc) - 1] = torch.tensor(labels), torch.tensor(doc[1:])
+    assert train_on(model, x, y, steps=200, lr=1e-2) < 0.01
     path = tmp_path_factory.mktemp("ckpt") / "chat.pt"
     save_checkpoint(
         path,
@@ -57,9 +56,9 @@ def test_interactive_chat_keeps_history_and_resets(parrot: str, capsys, monkeypa
     prompts = []
     real_generate = generate.generate
 
-    def recording_generate(model, prompt, **kwargs):
+    def recording_generate(model, prompt, *args, **kwargs):
         prompts.append(BYTE.decode(prompt))
-        return real_generate(model, prompt, **kwargs)
+        return real_generate(model, prompt, *args, **kwargs)
 
     monkeypatch.setattr(generate, "generate", recording_generate)
     monkeypatch.setattr(sys, "stdin", io.StringIO("hi\nhi\n/reset\nhi\n/exit\n"))
@@ -81,17 +80,18 @@ def test_interactive_chat_keeps_history_and_resets(parrot: str, capsys, monkeypa
 
 def test_prompt_rendering_matches_training(parrot: str) -> None:
     conversation = [{"role": "user", "content": "hi"}]
-    training = render_conversation_with_labels(
-        [*conversation, {"role": "assistant", "content": "x"}], BYTE
-    )[0]
+    training = render_conversation([*conversation, {"role": "assistant", "content": "x"}], BYTE)[0]
     prompt = render_prompt(conversation, BYTE)
     assert training[: len(prompt)] == prompt
 
 
 def test_sample_continues_text(parrot: str, capsys) -> None:
-    cli.main(["sample", "--checkpoint", parrot, "--prompt", "<|user|>", "--max-new-tokens", "3"])
-    out = capsys.readouterr().out
-    assert out.startswith("<|user|>") and out.endswith("\n")
+    cli.main(["sample", "--checkpoint", parrot, "--prompt", "Once upon", *GREEDY])
+    # The prompt, the learned rest of the document up to the BOS that ends it, a newline.
+    assert capsys.readouterr().out == "Once upon a time\n"
+    cli.main(["sample", "--checkpoint", parrot, "--prompt", "Once", "--max-new-tokens", "3"])
+    # Default sampling (temperature 0.8, top-p 0.95) keeps only the token the model is sure of.
+    assert capsys.readouterr().out == "Once up\n"
 
 
 @pytest.mark.parametrize(
@@ -104,14 +104,18 @@ def test_sample_continues_text(parrot: str, capsys) -> None:
         (["info", "missing.pt"], "error: missing.pt: checkpoint not found"),
     ],
 )
-def test_bad_checkpoint_is_one_line(args: list[str], message: str, tmp_path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "xinslm.cli", *args], cwd=tmp_path, capture_output=True, text=True
-    )
-    assert (proc.returncode, proc.stderr) == (1, message + "\n")
+def test_bad_checkpoint_is_one_line(
+    args: list[str], message: str, tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        cli.main(args)
+    assert e.value.code == 1
+    assert capsys.readouterr().err == message + "\n"
 
 
 def test_not_a_checkpoint_is_one_line(tmp_path) -> None:
+    # As its own process, through `python -m xinslm.cli`: the entry point works end to end.
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
     proc = subprocess.run(
         [sys.executable, "-m", "xinslm.cli", "chat", "--checkpoint", "junk.pt", "-p", "x"],
@@ -123,10 +127,22 @@ def test_not_a_checkpoint_is_one_line(tmp_path) -> None:
     assert proc.stderr.startswith("error: junk.pt: ") and proc.stderr.count("\n") == 1
 
 
-def test_help_lists_the_commands() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "xinslm.cli", "--help"], capture_output=True, text=True
-    )
-    assert proc.returncode == 0
-    for command in ("chat", "sample", "info"):
-        assert f"xinslm {command}" in proc.stdout
+def help_of(argv: list[str], capsys) -> str:
+    """What `xinslm *argv` prints, run in this process; it must exit 0."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_lists_the_commands(capsys) -> None:
+    assert help_of(["--help"], capsys).startswith("usage: xinslm [-h] {chat,sample,info} ...\n")
+    handlers = {"chat": cli.cmd_chat, "sample": cli.cmd_sample, "info": cli.cmd_info}
+    for command, handler in handlers.items():
+        assert help_of([command, "--help"], capsys).startswith(f"usage: xinslm {command} [-h]")
+        argv = [command, "x.pt"] if command == "info" else [command]
+        assert cli.build_parser().parse_args(argv).func is handler
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train"])
+    assert e.value.code == 2
+    assert "invalid choice: 'train'" in capsys.readouterr().err

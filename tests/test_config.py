@@ -1,19 +1,30 @@
+"""params.yaml: every section loads as its dataclass, every key is required and checked, and
+errors name the file and the dotted key."""
+
+import dataclasses
 import re
+import typing
 
 import pytest
+import yaml
 from conftest import REPO
 
 from xinslm.config import (
+    SECTIONS,
     ChatParams,
     ModelParams,
     PretrainParams,
     TextParams,
+    TokenizerName,
     TokenizerParams,
     TrainParams,
     load_params,
 )
 from xinslm.errors import XinslmError
+from xinslm.model import ModelConfig
+from xinslm.tokenizer import TIKTOKEN_ENCODINGS
 
+REPO_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 PRETRAIN_KEYS = (
     "batch_size, beta1, beta2, checkpoint_every, compile, device, eval_batches, eval_every, "
     "grad_accum, grad_clip, log_every, lr, max_steps, min_lr_frac, muon_lr, muon_momentum, "
@@ -21,58 +32,99 @@ PRETRAIN_KEYS = (
 )
 
 
-def write_params(tmp_path, text):
+def write_params(tmp_path, **changes):
+    """The repo's params.yaml with `changes` ({section: {key: value}}; None deletes a key)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in changes.items():
+        for key, value in values.items():
+            if value is None:
+                del params[section][key]
+            else:
+                params[section][key] = value
     path = tmp_path / "params.yaml"
-    path.write_text(text)
+    path.write_text(yaml.safe_dump(params))
     return path
 
 
 def test_sections_load_as_dataclasses(tmp_path):
-    path = write_params(
-        tmp_path,
-        "model:\n  context_len: 64\n  n_embd: 32\n  n_head: 2\n  n_kv_head: 1\n"
-        "pretrain:\n  lr: 1\n  max_steps: 7\n  compile: true\n",
-    )
+    path = write_params(tmp_path, pretrain={"lr": 1, "max_steps": 7, "compile": True})
     model, pretrain = load_params(path, "model", "pretrain")
-    assert model == ModelParams(context_len=64, n_embd=32, n_head=2, n_kv_head=1)
-    assert pretrain == PretrainParams(lr=1.0, max_steps=7, compile=True)
+    assert model == ModelParams(**REPO_PARAMS["model"])
+    expected = {**REPO_PARAMS["pretrain"], "lr": 1.0, "max_steps": 7, "compile": True}
+    assert pretrain == PretrainParams(**expected)
     assert type(pretrain.lr) is float
 
 
+def test_the_dataclasses_have_no_defaults():
+    for cls in SECTIONS.values():
+        for f in dataclasses.fields(cls):
+            assert f.default is dataclasses.MISSING, f"{cls.__name__}.{f.name}"
+            assert f.default_factory is dataclasses.MISSING, f"{cls.__name__}.{f.name}"
+
+
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_a_missing_key_is_an_error_naming_it(tmp_path, section):
+    key = sorted(REPO_PARAMS[section])[0]
+    path = write_params(tmp_path, **{section: {key: None}})
+    with pytest.raises(XinslmError) as e:
+        load_params(path, section)
+    assert str(e.value) == (
+        f"{path}: missing key '{section}.{key}': params.yaml holds every value in effect, so "
+        "each key must be set (the README's parameter tables list them)"
+    )
+
+
+def test_the_repo_params_set_every_key_and_no_other():
+    for name, cls in SECTIONS.items():
+        assert set(REPO_PARAMS[name]) == {f.name for f in dataclasses.fields(cls)}, name
+
+
+def test_the_model_config_takes_every_model_param():
+    params = ModelParams(**REPO_PARAMS["model"])
+    config = ModelConfig.from_params(params, vocab_size=300)
+    assert config.to_dict() == {**dataclasses.asdict(params), "vocab_size": 300, "rope_base": 1e4}
+
+
+def test_tokenizer_names_are_byte_bpe_and_the_tiktoken_encodings():
+    assert typing.get_args(TokenizerName) == ("byte", "bpe", *TIKTOKEN_ENCODINGS)
+
+
 BAD_PARAMS = [
-    ("pretrain:\n  lrr: 0.1\n", f"unknown key 'pretrain.lrr' (known keys: {PRETRAIN_KEYS})"),
-    ("pretrain:\n  compile: 'yes'\n", "pretrain.compile: 'yes' is not one of auto, true, false"),
-    ("pretrain:\n  max_steps: true\n", "pretrain.max_steps: expected int, got bool True"),
-    ("pretrain:\n  lr: 0.5e-3x\n", "pretrain.lr: expected float, got str '0.5e-3x'"),
-    ("pretrain:\n  lr: -0.1\n", "pretrain.lr: must be > 0, got -0.1"),
-    ("model:\n  n_embd: 64\n  n_head: 3\n", "model.n_head: 3 does not divide n_embd 64"),
+    ({"pretrain": {"lrr": 0.1}}, f"unknown key 'pretrain.lrr' (known keys: {PRETRAIN_KEYS})"),
+    ({"pretrain": {"compile": "yes"}}, "pretrain.compile: 'yes' is not one of auto, true, false"),
+    ({"pretrain": {"max_steps": True}}, "pretrain.max_steps: expected int, got bool True"),
+    ({"pretrain": {"lr": "0.5e-3x"}}, "pretrain.lr: expected float, got str '0.5e-3x'"),
+    ({"pretrain": {"lr": -0.1}}, "pretrain.lr: must be > 0, got -0.1"),
+    ({"pretrain": {"lr": float("nan")}}, "pretrain.lr: must be > 0, got nan"),
+    ({"model": {"n_embd": 64, "n_head": 3}}, "model.n_head: 3 does not divide n_embd 64"),
     (
-        "model:\n  n_embd: 64\n  n_head: 4\n  n_kv_head: 3\n",
+        {"model": {"n_embd": 64, "n_head": 4, "n_kv_head": 3}},
         "model.n_kv_head: 3 does not divide n_head 4",
     ),
-    ("model:\n  n_embd: 36\n  n_head: 4\n", "model.n_embd / n_head must be even"),
-    ("chat:\n  on_error: maybe\n", "chat.on_error: 'maybe' is not one of fail, skip"),
-    ("text:\n  val_fraction: 0.6\n", "text.val_fraction: must be between 0.0 and 0.5, got 0.6"),
-    ("tokenizer:\n  name: gpt5\n", "tokenizer.name: 'gpt5' is not one of byte, bpe, gpt2"),
+    ({"model": {"n_embd": 36, "n_head": 4}}, "model.n_embd / n_head must be even"),
+    ({"chat": {"on_error": "maybe"}}, "chat.on_error: 'maybe' is not one of fail, skip"),
+    ({"text": {"val_fraction": 0.6}}, "text.val_fraction: must be between 0.0 and 0.5, got 0.6"),
+    ({"tokenizer": {"name": "gpt5"}}, "tokenizer.name: 'gpt5' is not one of byte, bpe, gpt2,"),
 ]
 
 
-@pytest.mark.parametrize("text, problem", BAD_PARAMS)
-def test_bad_value_names_the_dotted_key(tmp_path, text, problem):
-    path = write_params(tmp_path, text)
-    section = text.split(":")[0]
+@pytest.mark.parametrize("changes, problem", BAD_PARAMS)
+def test_bad_value_names_the_dotted_key(tmp_path, changes, problem):
+    path = write_params(tmp_path, **changes)
     with pytest.raises(XinslmError, match=re.escape(f"{path}: {problem}")):
-        load_params(path, section)
+        load_params(path, *changes)
 
 
 def test_missing_section(tmp_path):
-    path = write_params(tmp_path, "model: {}\n")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"model": REPO_PARAMS["model"]}))
     with pytest.raises(XinslmError, match=re.escape(f"{path}: missing section 'sft'")):
         load_params(path, "model", "sft")
 
 
 def test_section_that_is_not_a_mapping(tmp_path):
-    path = write_params(tmp_path, "model: 5\n")
+    path = tmp_path / "params.yaml"
+    path.write_text("model: 5\n")
     with pytest.raises(XinslmError, match=re.escape(f"{path}: section 'model' must be a mapping")):
         load_params(path, "model")
 
@@ -84,7 +136,8 @@ def test_file_not_found(tmp_path):
 
 
 def test_invalid_yaml_is_one_line(tmp_path):
-    path = write_params(tmp_path, "model:\n  n_head: [1, 2\n")
+    path = tmp_path / "params.yaml"
+    path.write_text("model:\n  n_head: [1, 2\n")
     with pytest.raises(XinslmError, match=re.escape(f"{path}: not valid YAML: ")) as e:
         load_params(path, "model")
     assert "\n" not in str(e.value)
@@ -95,9 +148,3 @@ def test_repo_params_load():
     loaded = load_params(REPO / "params.yaml", *sections)
     kinds = (TokenizerParams, TextParams, ModelParams, ChatParams, PretrainParams, TrainParams)
     assert [type(p) for p in loaded] == list(kinds)
-
-
-def test_nan_lr_is_refused(tmp_path):
-    path = write_params(tmp_path, "pretrain:\n  lr: .nan\n")
-    with pytest.raises(XinslmError, match=re.escape(f"{path}: pretrain.lr: must be > 0")):
-        load_params(path, "pretrain")

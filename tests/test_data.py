@@ -1,9 +1,14 @@
-"""Batch order: each epoch visits every example once, in the seeded order, across batches."""
+"""Batches (xinslm.batches): each epoch visits every example once, in the seeded order, across
+batches; labels; and the prefetcher, which hands out the same batches and positions."""
 
 import numpy as np
+import pytest
 import torch
 
-from xinslm.data import ShuffledIndices
+from xinslm.batches import BlockBatches, Prefetcher, ShuffledIndices, shifted_labels
+from xinslm.model import IGNORE_INDEX
+
+CPU = torch.device("cpu")
 
 
 def test_epochs_are_seeded_permutations_across_batch_boundaries():
@@ -28,30 +33,50 @@ def _blocks(n=23, width=9):
     return np.arange(n * width, dtype=np.uint16).reshape(n, width) % 251
 
 
+def test_shifted_labels_are_the_next_token_where_it_is_learned():
+    ids = torch.tensor([5, 6, 7, 8, 9])
+    learned = torch.tensor([0, 1, 1, 0, 1], dtype=torch.uint8)
+    labels = shifted_labels(ids, learned)
+    assert labels.tolist() == [6, 7, IGNORE_INDEX, 9, IGNORE_INDEX]  # the last has no next
+    assert labels.dtype == ids.dtype
+    assert shifted_labels(torch.tensor([5]), torch.tensor([1])).tolist() == [IGNORE_INDEX]
+
+
 def test_prefetcher_yields_the_plain_batches_in_order_with_the_consumed_position():
-    import torch
-
-    from xinslm.data import BlockBatches, Prefetcher
-
     plain = BlockBatches(_blocks(), batch_size=4, seed=3)
-    ahead = Prefetcher(BlockBatches(_blocks(), batch_size=4, seed=3), torch.device("cpu"))
-    try:
+    with Prefetcher(BlockBatches(_blocks(), batch_size=4, seed=3), CPU) as ahead:
         for _ in range(12):  # two epochs and more
             x, y = next(ahead)
             px, py = next(plain)
             assert torch.equal(x, px) and torch.equal(y, py)
             # The position is that of the batches handed out, though more were made ahead.
             assert ahead.state_dict() == plain.state_dict()
-    finally:
-        ahead.close()
+    assert not ahead._thread.is_alive()  # leaving the with block stopped the thread
+
+
+def test_prefetcher_resumes_from_a_loaded_position_and_refuses_one_after_it_starts():
+    plain = BlockBatches(_blocks(), batch_size=4, seed=3)
+    for _ in range(7):  # into the second epoch (23 blocks)
+        next(plain)
+    saved = plain.state_dict()
+    assert saved == {"epoch": 1, "cursor": 5}
+    with Prefetcher(BlockBatches(_blocks(), batch_size=4, seed=3), CPU) as ahead:
+        assert ahead.state_dict() == {"epoch": 0, "cursor": 0}
+        ahead.load_state_dict(saved)  # not started yet: nothing was made ahead from 0
+        assert ahead.state_dict() == saved
+        for _ in range(5):
+            x, y = next(ahead)
+            px, py = next(plain)
+            assert torch.equal(x, px) and torch.equal(y, py)
+            assert ahead.state_dict() == plain.state_dict()
+        with pytest.raises(RuntimeError, match="can only be set before it starts"):
+            ahead.load_state_dict(saved)
+        # The refused load changed nothing: the batches go on where they were.
+        assert ahead.state_dict() == plain.state_dict()
+        assert torch.equal(next(ahead)[0], next(plain)[0])
 
 
 def test_prefetcher_raises_the_error_of_its_source():
-    import pytest
-    import torch
-
-    from xinslm.data import Prefetcher
-
     class Broken:
         def state_dict(self):
             return {}
@@ -59,10 +84,8 @@ def test_prefetcher_raises_the_error_of_its_source():
         def __next__(self):
             raise ValueError("bad batch")
 
-    ahead = Prefetcher(Broken(), torch.device("cpu"))
-    with pytest.raises(ValueError, match="bad batch"):
+    with Prefetcher(Broken(), CPU) as ahead, pytest.raises(ValueError, match="bad batch"):
         next(ahead)
-    ahead.close()
 
 
 def _packed(stream: np.ndarray, context_len: int) -> np.ndarray:
@@ -72,8 +95,6 @@ def _packed(stream: np.ndarray, context_len: int) -> np.ndarray:
 
 
 def test_shifted_blocks_are_stream_windows_at_seeded_offsets():
-    from xinslm.data import BlockBatches
-
     T, stream = 8, np.random.default_rng(0).integers(0, 60000, 8 * 11 + 1).astype(np.uint16)
     blocks = _packed(stream, T)  # 11 blocks
     batches = BlockBatches(blocks, batch_size=4, seed=2, shift=True)
@@ -98,8 +119,6 @@ def test_shifted_blocks_are_stream_windows_at_seeded_offsets():
 
 
 def test_shift_off_reads_the_blocks_and_resume_with_shift_is_exact():
-    from xinslm.data import BlockBatches
-
     T, stream = 8, np.arange(8 * 11 + 1, dtype=np.uint16)
     blocks = _packed(stream, T)
     plain = BlockBatches(blocks, batch_size=3, seed=4)

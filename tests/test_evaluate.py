@@ -1,4 +1,5 @@
-"""Held-out evaluation: bits per byte, assistant-only loss, and the sampling helpers."""
+"""Held-out evaluation (xinslm.losses): bits per byte, assistant-only loss; and the sampling
+helpers the evaluate stage writes its samples with (xinslm.generate)."""
 
 import json
 import math
@@ -7,13 +8,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import conversation_example, render_chat_files, tiny_config, train_on
 
-from xinslm.chat import render_chat, render_conversation_with_labels, render_prompt
-from xinslm.data import ChatData
-from xinslm.evaluate import assistant_loss, chat_reply, continuation, text_loss_and_bpb
-from xinslm.generate import generate
-from xinslm.model import ModelConfig, NanoChatModel
+from xinslm.batches import ChatData, val_chat_batches
+from xinslm.chat_template import render_prompt
+from xinslm.generate import Sampling, chat_reply, continuation, generate
+from xinslm.losses import assistant_loss, loss_sums, text_loss_and_bpb
+from xinslm.model import IGNORE_INDEX, ModelConfig, NanoChatModel
 from xinslm.tokenizer import ByteTokenizer
+
+
+def greedy(max_new_tokens: int = 200) -> Sampling:
+    return Sampling(max_new_tokens=max_new_tokens, temperature=0)
+
 
 CPU = torch.device("cpu")
 BYTE = ByteTokenizer()
@@ -145,7 +152,7 @@ def write_jsonl(path, records):
 def val_chats(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", TRAIN * 3)
     val = write_jsonl(tmp_path / "val.jsonl", VAL)
-    render_chat(train, val, BYTE, tmp_path / "chat", context_len=128)
+    render_chat_files(train, val, BYTE, tmp_path / "chat", context_len=128)
     return ChatData(tmp_path / "chat", "val")
 
 
@@ -153,10 +160,10 @@ def val_chats(tmp_path):
 def hand_assistant_loss(model, conversations):
     total, count = 0.0, 0
     for record in conversations:
-        ids, labels = render_conversation_with_labels(record["messages"], BYTE)
+        ids, labels = conversation_example(record["messages"], BYTE)
         logits, _ = model(torch.tensor([ids]))
         labels = torch.tensor(labels)
-        keep = labels != -100
+        keep = labels != IGNORE_INDEX
         total += float(F.cross_entropy(logits[0][keep], labels[keep], reduction="sum"))
         count += int(keep.sum())
     return total / count, count
@@ -181,6 +188,23 @@ def test_assistant_loss_weights_every_target_equally(val_chats):
     assert got != pytest.approx(sum(per_conv) / len(per_conv), rel=1e-3)
 
 
+def test_loss_sums_add_up_over_batches_and_keep_the_training_mode(val_chats):
+    model = context_model(context_len=128)
+    batches = list(val_chat_batches(val_chats, 1, len(val_chats)))
+    total, count = loss_sums(model, batches, CPU)
+    assert model.training  # evaluated in eval mode, handed back as it came
+    assert count == 3 + 24 + 4 + 3  # learned targets only: padding and context count not
+    want, _ = hand_assistant_loss(model, VAL)
+    assert total / count == pytest.approx(want, rel=1e-5)
+    # Sums of parts (batches, or processes) add up to the sums of the whole.
+    parts = [loss_sums(model, [batch], CPU) for batch in batches]
+    assert sum(c for _, c in parts) == count
+    assert sum(t for t, _ in parts) == pytest.approx(total, rel=1e-5)
+    model.eval()
+    assert loss_sums(model, batches[:1], CPU) == parts[0]
+    assert not model.training
+
+
 # --- sampling helpers ----------------------------------------------------------------------
 
 
@@ -200,38 +224,57 @@ def constant_model(token_id):
 
 
 CONVERSATION = [{"role": "user", "content": "hi there"}]
+REPLY = {"role": "assistant", "content": "hello"}
 
 
 def test_chat_reply_stops_at_end_of_turn():
-    assert chat_reply(constant_model(97), BYTE, CONVERSATION, temperature=0, max_new_tokens=5) == (
-        "aaaaa"
-    )
-    assert chat_reply(constant_model(BYTE.end_id), BYTE, CONVERSATION, temperature=0) == ""
+    assert chat_reply(constant_model(97), BYTE, CONVERSATION, greedy(5)) == ("aaaaa")
+    assert chat_reply(constant_model(BYTE.end_id), BYTE, CONVERSATION, greedy()) == ""
     # BOS is no stop for a chat reply.
-    out = chat_reply(constant_model(BOS), BYTE, CONVERSATION, temperature=0, max_new_tokens=2)
+    out = chat_reply(constant_model(BOS), BYTE, CONVERSATION, greedy(2))
     assert out == "<|bos|><|bos|>"
 
 
 def test_continuation_stops_at_bos():
-    assert continuation(constant_model(98), BYTE, "ab", temperature=0, max_new_tokens=4) == "bbbb"
-    assert continuation(constant_model(BOS), BYTE, "ab", temperature=0) == ""
-    out = continuation(constant_model(BYTE.end_id), BYTE, "ab", temperature=0, max_new_tokens=2)
+    assert continuation(constant_model(98), BYTE, "ab", greedy(4)) == "bbbb"
+    assert continuation(constant_model(BOS), BYTE, "ab", greedy()) == ""
+    out = continuation(constant_model(BYTE.end_id), BYTE, "ab", greedy(2))
     assert out == "<|end|><|end|>"
 
 
-def test_chat_reply_and_continuation_are_greedy_at_temperature_zero():
-    model = context_model(context_len=128)
-    reply = chat_reply(model, BYTE, CONVERSATION, temperature=0, max_new_tokens=20)
-    assert isinstance(reply, str)
-    assert reply == chat_reply(model, BYTE, CONVERSATION, temperature=0, max_new_tokens=20)
-    prompt = render_prompt(CONVERSATION, BYTE)
-    ids = list(generate(model, prompt, 20, temperature=0, stop_id=BYTE.end_id))
-    assert reply == BYTE.decode(ids)
-    assert len(ids) > 0
+@pytest.fixture(scope="module")
+def storyteller():
+    """A model that learned two things: to answer "hi there" with "hello", and the document
+    "Once upon a time" (BOS before and after it, as documents sit in the token stream)."""
+    torch.manual_seed(0)
+    model = NanoChatModel(tiny_config(context_len=64))
+    chat_ids, chat_labels = conversation_example([*CONVERSATION, REPLY], BYTE)
+    doc = [BOS, *BYTE.encode("Once upon a time"), BOS]
+    width = max(len(chat_ids), len(doc))
 
-    text = continuation(model, BYTE, "Once upon", temperature=0, max_new_tokens=20)
-    assert isinstance(text, str)
-    assert text == continuation(model, BYTE, "Once upon", temperature=0, max_new_tokens=20)
-    ids = list(generate(model, [BOS, *BYTE.encode("Once upon")], 20, temperature=0, stop_id=BOS))
-    assert text == BYTE.decode(ids)
-    assert len(ids) > 0
+    def pad(row, value):
+        return row + [value] * (width - len(row))
+
+    x = torch.tensor([pad(chat_ids, 0), pad(doc, 0)])
+    y = torch.tensor([pad(chat_labels, IGNORE_INDEX), pad(doc[1:], IGNORE_INDEX)])
+    assert train_on(model, x, y, steps=100, lr=2e-2) < 0.01
+    return model.eval()
+
+
+def test_chat_reply_is_the_learned_reply_at_temperature_zero(storyteller):
+    reply = chat_reply(storyteller, BYTE, CONVERSATION, greedy(40))
+    # Stopped at the <|end|> it learned: without the stop, 40 tokens run on past it.
+    assert reply == "hello"
+    prompt = render_prompt(CONVERSATION, BYTE)
+    ids = list(generate(storyteller, prompt, greedy(40), stop_id=BYTE.end_id))
+    assert ids == list(b"hello")
+    # max_new_tokens short of the end cuts the reply there.
+    assert chat_reply(storyteller, BYTE, CONVERSATION, greedy(3)) == "hel"
+
+
+def test_continuation_is_the_learned_text_at_temperature_zero(storyteller):
+    # Stopped at the BOS that ends the learned document.
+    assert continuation(storyteller, BYTE, "Once upon", greedy(40)) == (" a time")
+    assert continuation(storyteller, BYTE, "Once", greedy(40)) == (" upon a time")
+    ids = list(generate(storyteller, [BOS, *BYTE.encode("Once")], greedy(40), stop_id=BOS))
+    assert ids == list(b" upon a time")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xinslm.errors import XinslmError
-from xinslm.generate import generate, sample_next
+from xinslm.generate import Sampling, generate, sample_next
 from xinslm.model import KVCache, ModelConfig, NanoChatModel
 
 CONFIG = dict(vocab_size=261, context_len=128, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)
@@ -27,7 +27,7 @@ def context_model(seed=0, **overrides):
 
 
 def greedy(model, prompt=PROMPT, n=40, **kwargs):
-    return list(generate(model, prompt, max_new_tokens=n, temperature=0, **kwargs))
+    return list(generate(model, prompt, Sampling(max_new_tokens=n, temperature=0), **kwargs))
 
 
 # --- KV cache ------------------------------------------------------------------------------
@@ -45,11 +45,11 @@ def test_cached_greedy_decoding_equals_full_recomputation(n_kv_head):
 
 def test_cached_sampling_equals_full_recomputation_for_the_same_seed():
     model = context_model()
-    kwargs = dict(max_new_tokens=40, temperature=1.0, top_k=20, top_p=0.9)
-    cached = list(generate(model, PROMPT, seed=7, use_cache=True, **kwargs))
-    full = list(generate(model, PROMPT, seed=7, use_cache=False, **kwargs))
-    again = list(generate(model, PROMPT, seed=7, **kwargs))
-    other = list(generate(model, PROMPT, seed=8, **kwargs))
+    seven, eight = (Sampling(40, temperature=1.0, top_k=20, top_p=0.9, seed=s) for s in (7, 8))
+    cached = list(generate(model, PROMPT, seven, use_cache=True))
+    full = list(generate(model, PROMPT, seven, use_cache=False))
+    again = list(generate(model, PROMPT, seven))
+    other = list(generate(model, PROMPT, eight))
     assert len(cached) == 40
     assert cached == full == again
     assert other != cached
@@ -133,13 +133,13 @@ def test_generation_stops_when_the_context_is_full(use_cache):
 def test_prompt_that_fills_the_context_is_refused(length):
     model = context_model()
     with pytest.raises(XinslmError, match=f"prompt of {length} tokens fills the context"):
-        list(generate(model, [65] * length, max_new_tokens=5))
+        list(generate(model, [65] * length, Sampling(max_new_tokens=5)))
 
 
 def test_empty_prompt_is_refused():
     model = context_model()
     with pytest.raises(XinslmError, match="empty prompt"):
-        list(generate(model, [], max_new_tokens=5))
+        list(generate(model, [], Sampling(max_new_tokens=5)))
 
 
 def test_max_new_tokens_is_honoured():

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import train_on
 
 from xinslm.model import (
     CausalSelfAttention,
@@ -14,6 +15,17 @@ from xinslm.model import (
 )
 
 TINY = dict(vocab_size=261, context_len=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)
+
+
+def test_model_config_needs_the_shape_and_defaults_the_rest():
+    config = ModelConfig(**TINY)
+    assert (config.logit_softcap, config.dropout, config.rope_base) == (15.0, 0.0, 10000.0)
+    assert ModelConfig(**config.to_dict()) == config
+    for missing in TINY:
+        with pytest.raises(TypeError, match=missing):
+            ModelConfig(**{k: v for k, v in TINY.items() if k != missing})
+    with pytest.raises(TypeError):
+        ModelConfig(32, 2, 4, 2, 64, vocab_size=261)  # keywords only: no order to get wrong
 
 
 def tiny_model(**overrides):
@@ -64,7 +76,7 @@ def reference_attention(attn, x, cos, sin):
 @pytest.mark.parametrize("n_kv_head", [1, 2, 4])
 def test_attention_matches_repeated_kv_reference(n_kv_head):
     torch.manual_seed(0)
-    attn = CausalSelfAttention(ModelConfig(n_head=4, n_kv_head=n_kv_head, n_embd=64))
+    attn = CausalSelfAttention(ModelConfig(**{**TINY, "n_kv_head": n_kv_head}))
     x = torch.randn(2, 9, 64)
     cos, sin = rotary_tables(9, 16, 10000.0)
     with torch.no_grad():
@@ -127,15 +139,9 @@ def test_tiny_model_overfits_one_batch():
     torch.manual_seed(1)
     batch = torch.randint(0, 261, (4, 33))
     inputs, targets = batch[:, :-1], batch[:, 1:]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     _, first = model(inputs, targets)
     assert abs(first.item() - math.log(261)) < 0.05
-    for _ in range(150):
-        _, loss = model(inputs, targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert loss.item() < 0.1
+    assert train_on(model, inputs, targets, steps=150, lr=1e-2) < 0.1
 
 
 def test_longer_than_context_is_refused():

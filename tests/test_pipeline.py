@@ -1,5 +1,10 @@
 """The DVC pipeline end to end, in a throwaway copy of the repo with a tiny model:
-`dvc repro` runs every stage once, then reruns exactly the stages an edit touches."""
+`dvc repro` runs every stage once, then reruns exactly the stages an edit touches; a killed
+stage resumes under `dvc repro`, and one restored from DVC's run-cache blocks nothing.
+
+Each test that changes the repo gets its own copy of the session's trained repo. Which
+modules each stage imports is checked without running anything in tests/test_deps.py; here
+a few code edits show DVC acting on it."""
 
 from __future__ import annotations
 
@@ -8,56 +13,14 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("XINSLM_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
-ALL_STAGES = {
-    "train-tokenizer",
-    "tokenize-text",
-    "pack",
-    "pretrain",
-    "render-chat",
-    "sft",
-    "evaluate",
-}
-
-# Small enough that the whole pipeline trains in seconds on two CPU cores.
-TINY = {
-    "model": {"n_layer": 1, "n_head": 2, "n_kv_head": 1, "n_embd": 32},
-    "pretrain": {"max_steps": 4, "batch_size": 4, "eval_every": 2, "eval_batches": 1},
-    "sft": {"max_steps": 3, "batch_size": 4, "eval_every": 2, "eval_batches": 1},
-    "eval": {"max_new_tokens": 8, "prompts": ["What is 2 plus 3?"], "base_prompts": ["The"]},
-}
-
-
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DVC_NO_ANALYTICS="1")
-    # `dvc exp run` commits experiments: give git an identity even on a bare CI machine.
-    for who in ("AUTHOR", "COMMITTER"):
-        env.setdefault(f"GIT_{who}_NAME", "xinslm tests")
-        env.setdefault(f"GIT_{who}_EMAIL", "tests@xinslm.invalid")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def edit_params(repo: Path, changes: dict) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in changes.items():
-        params[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+from conftest import ALL_STAGES, TINY_PIPELINE, command_env, copy_repo, edit_params, run
 
 
 def stages_to_run(repo: Path) -> set[str]:
@@ -72,39 +35,16 @@ def stages_rerun(repo: Path) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", out))
 
 
-def make_repo(repo: Path) -> Path:
-    """A git repo at `repo`: the committed tree plus the working copy's files, tiny params,
-    one full `dvc repro` done and committed. tests/test_remote.py builds its repo with it too."""
-    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], ROOT).stdout
-    for name in files.split():
-        if (ROOT / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
-    # Start from nothing run: no lock file, no metrics from the real params.
-    (repo / "dvc.lock").unlink(missing_ok=True)
-    shutil.rmtree(repo / "dvclive", ignore_errors=True)
-    edit_params(repo, TINY)
-    run(["git", "init", "-q"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "init"], repo)
-    run(["dvc", "repro"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "repro"], repo)
-    return repo
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    return make_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+@pytest.fixture
+def repo(trained_repo: Path) -> Path:
+    """The session's trained repo, to read only."""
+    return trained_repo
 
 
 @pytest.fixture
-def clean(repo: Path):
-    """Give the test the repo, and put every tracked file back afterwards."""
-    yield repo
-    run(["git", "checkout", "--", "."], repo)
-    run(["dvc", "checkout", "--quiet"], repo)
-    assert stages_to_run(repo) == set()
+def clean(trained_repo: Path, tmp_path: Path) -> Path:
+    """A copy of the trained repo for this test to change."""
+    return copy_repo(trained_repo, tmp_path / "repo")
 
 
 def test_repro_writes_checkpoints_and_then_has_nothing_to_do(repo: Path) -> None:
@@ -131,7 +71,7 @@ def test_context_len_edit_keeps_tokenize_text(clean: Path) -> None:
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({"pretrain": {"lr": 0.002}}, {"pretrain", "sft", "evaluate"}),
+        # (pretrain.lr: see the killed-run test's experiment)
         ({"chat": {"overlong": "drop"}}, {"render-chat"}),  # nothing is too long: same output
         (
             {"chat": {"input": "data/example_data_chat_val.jsonl"}},
@@ -141,12 +81,10 @@ def test_context_len_edit_keeps_tokenize_text(clean: Path) -> None:
         # The byte tokenizer does not read the BPE's params: only train-tokenizer's note reruns.
         ({"tokenizer": {"vocab_size": 300}}, {"train-tokenizer"}),
         ({"text": {"val_fraction": 0.2}}, ALL_STAGES - {"render-chat"}),
-        ({"tokenizer": {"name": "gpt2", "encodings_dir": str(SHARED / "tiktoken")}}, ALL_STAGES),
+        # (tokenizer.name: see the trained-BPE test)
     ],
 )
 def test_param_edit_reruns_exactly(clean: Path, changes: dict, expected: set) -> None:
-    if "tokenizer" in changes and not (SHARED / "tiktoken" / "r50k_base.tiktoken").is_file():
-        pytest.skip(f"gpt2 encoding file not found under {SHARED}/tiktoken (XINSLM_SHARED_DATA)")
     edit_params(clean, changes)
     assert stages_rerun(clean) == expected
 
@@ -157,10 +95,9 @@ def test_param_edit_reruns_exactly(clean: Path, changes: dict, expected: set) ->
         # A stage whose code changed reruns; when its output comes out byte-identical (same
         # inputs, deterministic code), DVC stops there: sft is skipped after render-chat, and
         # evaluate after sft.
-        ("xinslm/chat.py", {"render-chat", "evaluate"}),
-        ("xinslm/model.py", {"pretrain", "sft", "evaluate"}),
-        ("xinslm/text.py", {"train-tokenizer", "tokenize-text", "pack"}),
-        ("stages/sft.py", {"sft"}),
+        ("xinslm/chat_template.py", {"render-chat", "evaluate"}),
+        # The training loop: evaluate does not import it, and finds both checkpoints unchanged.
+        ("xinslm/train.py", {"pretrain", "sft"}),
     ],
 )
 def test_code_edit_reruns_the_stages_that_import_it(clean: Path, module: str, expected) -> None:
@@ -179,33 +116,67 @@ def test_trained_bpe_vocab_size_reruns_the_tokenizer_and_all_after_it(clean: Pat
     assert stages_rerun(clean) == set()
 
 
-def test_killed_pretrain_continues_under_dvc_repro(clean: Path) -> None:
-    edit_params(clean, {"pretrain": {"max_steps": 300, "checkpoint_every": 10}})
-    env = dict(os.environ, DVC_NO_ANALYTICS="1")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+def start_and_kill_at_first_resume_checkpoint(repo: Path, *dvc_args: str) -> None:
+    """Run `dvc repro ...` and kill it (dvc and the stage: the machine died) once pretrain
+    saved its first resume checkpoint; meanwhile its curves are already on disk."""
     proc = subprocess.Popen(
-        ["dvc", "repro", "pretrain"],
-        cwd=clean,
-        env=env,
+        ["dvc", "repro", *dvc_args],
+        cwd=repo,
+        env=command_env(),
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    resume = clean / "checkpoints/resume/pretrain.pt"
+    resume = repo / "checkpoints/resume/pretrain.pt"
+    deadline = time.monotonic() + 120
     while not resume.exists():
         assert proc.poll() is None, "pretrain ended before its first resume checkpoint"
+        assert time.monotonic() < deadline
         time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage: the machine died
+    # Live curves: what was logged up to the checkpoint is there while the run goes on.
+    so_far = curve(repo).splitlines()
+    assert so_far[0] == "step\tloss" and so_far[1].startswith("10\t")
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
+
+def curve(repo: Path) -> str:
+    return (repo / "dvclive/pretrain/plots/metrics/train/loss.tsv").read_text()
+
+
+def test_killed_pretrain_resumes_and_a_run_cache_restore_blocks_no_later_experiment(
+    clean: Path,
+) -> None:
+    """Resumed under DVC, with its curve written live; then the issue's three commands: a run
+    killed, `dvc repro` restoring it from the run-cache, the next experiment. (That a resumed
+    run ends bit-identical to an uninterrupted one is tests/test_resume.py's.)"""
+    edit_params(clean, {"pretrain": {"max_steps": 100, "checkpoint_every": 10}})
+    resume = clean / "checkpoints/resume/pretrain.pt"
+
+    # Killed, then `dvc repro` continues the run where its resume checkpoint left it.
+    start_and_kill_at_first_resume_checkpoint(clean, "pretrain")
     out = run(["dvc", "repro", "pretrain"], clean).stdout
     assert "Running stage 'pretrain'" in out
     assert "pretrain: resuming from checkpoints/resume/pretrain.pt at step" in out
     assert not resume.exists()
     resumed = (clean / "checkpoints/base.pt").read_bytes()
-    # The same stage never interrupted (DVC's run cache would just restore the output).
-    run(["dvc", "repro", "--force", "--no-run-cache", "--single-item", "pretrain"], clean)
+    steps = [line.split("\t")[0] for line in curve(clean).splitlines()]
+    assert steps == ["step", *map(str, range(10, 101, 10))]  # whole: not cut, not doubled
+
+    # Killed again, and this time DVC restores the stage from its run-cache: the killed
+    # run's resume checkpoint stays behind, and must not stop the next experiment.
+    start_and_kill_at_first_resume_checkpoint(clean, "--force", "pretrain")
+    out = run(["dvc", "repro"], clean).stdout
+    assert "Stage 'pretrain' is cached - skipping run, checking out outputs" in out
     assert (clean / "checkpoints/base.pt").read_bytes() == resumed
+    assert resume.exists()
+    out = run(["dvc", "exp", "run", "-n", "after-kill", "-S", "pretrain.lr=0.002"], clean).stdout
+    assert (
+        "pretrain: checkpoints/resume/pretrain.pt is from a run with other settings "
+        "(params.lr: 0.003 then, 0.002 now); starting over" in out
+    )
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"pretrain", "sft", "evaluate"}
+    assert not resume.exists()
 
 
 def test_sft_starts_from_base_checkpoint(repo: Path) -> None:
@@ -213,8 +184,8 @@ def test_sft_starts_from_base_checkpoint(repo: Path) -> None:
     chat = torch.load(repo / "checkpoints/chat.pt", weights_only=True)
     assert chat["model_config"] == base["model_config"]
     assert chat["tokenizer"] == base["tokenizer"]
-    assert chat["base_step"] == base["step"] == TINY["pretrain"]["max_steps"]
-    assert chat["step"] == TINY["sft"]["max_steps"]
+    assert chat["base_step"] == base["step"] == TINY_PIPELINE["pretrain"]["max_steps"]
+    assert chat["step"] == TINY_PIPELINE["sft"]["max_steps"]
     # Adam moves each weight by about lr per step at most: 3 steps at lr 1e-3 stay within
     # 0.005 of the base weights, while a fresh init differs by O(1).
     for name, w in base["model"].items():
@@ -223,7 +194,8 @@ def test_sft_starts_from_base_checkpoint(repo: Path) -> None:
     assert any((chat["model"][k] != w).any() for k, w in base["model"].items())
 
 
-def test_metrics_and_exp_run(repo: Path) -> None:
+def test_metrics_and_exp_run(clean: Path) -> None:
+    repo = clean
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     files = shown[""]["data"]
     assert {"dvclive/pretrain/metrics.json", "dvclive/sft/metrics.json"} <= set(files)

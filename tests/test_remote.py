@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline import ALL_STAGES, make_repo, run
+from conftest import ALL_STAGES, copy_repo, run
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A repo with tiny params, the whole pipeline run and committed (tests/test_pipeline.py)."""
-    repo = make_repo(tmp_path_factory.mktemp("remote") / "trained")
+def trained(trained_repo: Path, tmp_path_factory) -> Path:
+    """A copy of the session's repo with tiny params, the whole pipeline run and committed."""
+    repo = copy_repo(trained_repo, tmp_path_factory.mktemp("remote") / "trained")
     # Queued experiments commit from a background worker: give them an identity on bare CI too.
     run(["git", "config", "user.name", "xinslm tests"], repo)
     run(["git", "config", "user.email", "tests@xinslm.invalid"], repo)
@@ -89,13 +89,14 @@ def test_queued_sweep_runs_and_shows_sorted(trained: Path) -> None:
     # A queued experiment runs the repo as it was when queued, xinslm/ included (the stages
     # import the copy beside them, not the installed package): an edit made before queueing
     # runs in the experiments, though the workspace drops it before the queue starts.
-    train_py = trained / "xinslm" / "train.py"
-    original = train_py.read_text()
-    train_py.write_text(original + '\nprint("train.py as queued")\n')
+    # xinslm/model.py: imported by all three stages the experiments run.
+    module = trained / "xinslm" / "model.py"
+    original = module.read_text()
+    module.write_text(original + '\nprint("model.py as queued")\n')
     queued = run(
         ["dvc", "exp", "run", "--queue", "-S", "pretrain.lr=0.001,0.01", "-n", "lr"], trained
     ).stdout
-    train_py.write_text(original)
+    module.write_text(original)
     assert re.findall(r"Queued experiment '([^']+)'", queued) == ["lr-1", "lr-2"]
     run(["dvc", "queue", "start"], trained)  # one background worker, as the README says
     try:
@@ -108,7 +109,7 @@ def test_queued_sweep_runs_and_shows_sorted(trained: Path) -> None:
         # Each experiment starts from the committed outputs: only what reads pretrain.lr runs.
         ran = set(re.findall(r"Running stage '([^']+)'", log))
         assert ran == {"pretrain", "sft", "evaluate"}, log
-        assert log.count("train.py as queued") == 3, log  # once in each of the three stages
+        assert log.count("model.py as queued") == 3, log  # once in each of the three stages
 
     def shown(order: str) -> list[dict[str, str]]:
         table = run(

@@ -5,21 +5,17 @@ import numpy as np
 import pytest
 from conftest import dot_entries
 
+from xinslm.artifact import ArrayWriter, open_array, read_meta, token_dtype, write_meta
+from xinslm.atomic import atomic_dir, atomic_file
 from xinslm.errors import XinslmError
-from xinslm.text import pack_blocks, tokenize_text
+from xinslm.pack import pack_blocks
+from xinslm.text import LOOK_AHEAD, piece_end, read_text_chunks, safe_cut, split_at_lines
+from xinslm.tokenize_text import tokenize_text
 from xinslm.tokenizer import ByteTokenizer
-from xinslm.tokens import (
-    ArrayWriter,
-    atomic_dir,
-    atomic_file,
-    open_array,
-    read_meta,
-    token_dtype,
-    write_meta,
-)
 
 BYTE = ByteTokenizer()
 BOS = 256
+CHUNK = 4 << 20  # params.yaml's text.chunk_bytes
 
 
 def arrays(out):
@@ -35,7 +31,7 @@ def test_tokenize_text_splits_at_the_next_line_start(tmp_path):
     src = tmp_path / "input.txt"
     src.write_text(text)
     out = tmp_path / "tokens"
-    tokenize_text(src, BYTE, out, val_fraction=0.4)
+    tokenize_text(src, BYTE, out, val_fraction=0.4, chunk_bytes=CHUNK)
     train, val = arrays(out)
     assert train == [BOS, *b"ab\ncd\nef\n"]
     assert val == [BOS, *b"gh\n"]
@@ -54,7 +50,7 @@ def test_tiny_chunks_give_the_same_tokens(tmp_path):
     text = "first\n" + "a long line with é and 日本, é日本é, longer than chunks\n" + "x\nlast"
     src = tmp_path / "input.txt"
     src.write_text(text)
-    whole = tokenize_text(src, BYTE, tmp_path / "whole", val_fraction=0.2)
+    whole = tokenize_text(src, BYTE, tmp_path / "whole", val_fraction=0.2, chunk_bytes=CHUNK)
     chunked = tokenize_text(src, BYTE, tmp_path / "chunked", val_fraction=0.2, chunk_bytes=7)
     assert arrays(tmp_path / "chunked") == arrays(tmp_path / "whole")
     assert chunked == whole
@@ -87,7 +83,7 @@ def test_directory_input_is_one_document_per_txt_file(tmp_path):
     (src / "b.txt").write_text("bee\n")
     (src / "a.txt").write_text("ay\n")
     (src / "notes.md").write_text("ignored\n")
-    meta = tokenize_text(src, BYTE, tmp_path / "tokens", val_fraction=0.0)
+    meta = tokenize_text(src, BYTE, tmp_path / "tokens", val_fraction=0.0, chunk_bytes=CHUNK)
     train, val = arrays(tmp_path / "tokens")
     assert train == [BOS, *b"ay\n", BOS, *b"bee\n"]
     assert val == []
@@ -120,7 +116,7 @@ def test_tokenize_text_errors_leave_no_output(tmp_path, make):
     src, problem = make(tmp_path)
     out = tmp_path / "tokens"
     with pytest.raises(XinslmError, match=re.escape(problem)):
-        tokenize_text(src, BYTE, out, val_fraction=0.1)
+        tokenize_text(src, BYTE, out, val_fraction=0.1, chunk_bytes=CHUNK)
     assert not out.exists()
     assert dot_entries(tmp_path) == []
 
@@ -130,6 +126,122 @@ def test_bad_utf8_offset_across_a_chunk_boundary(tmp_path):
     src.write_bytes(b"abcdef\xc3Axxxxxxx\n")  # byte 6 starts a 2-byte sequence 'A' cannot end
     with pytest.raises(XinslmError, match=re.escape(f"{src}: not valid UTF-8 at byte 6 (")):
         tokenize_text(src, BYTE, tmp_path / "tokens", val_fraction=0.0, chunk_bytes=7)
+
+
+# --- cutting text ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ab\ncd", 3),
+        ("ab\n cd", -1),  # whitespace after the newline
+        ("ab \ncd", -1),  # whitespace before it
+        ("ab\n\ncd", -1),
+        ("ab\r\ncd", -1),
+        ("ab\n\u3000x", -1),  # Unicode whitespace counts too
+        ("日本\n語", 3),
+        ("ab\n", -1),  # nothing follows the newline yet
+        ("ab\nc\n", 3),
+        ("\ncd", -1),  # nothing before it
+        ("ab\n!\n\tx", 3),
+    ],
+)
+def test_safe_cut(text, expected):
+    assert safe_cut(text, 0, len(text)) == expected
+
+
+def test_safe_cut_stays_inside_start_and_end():
+    text = "ab\ncd\nef\ngh"
+    assert safe_cut(text, 0, len(text)) == 9  # the last one
+    assert safe_cut(text, 0, 9) == 6  # a newline at end - 1 has no next character inside
+    assert safe_cut(text, 0, 10) == 9
+    assert safe_cut(text, 6, len(text)) == 9
+    assert safe_cut(text, 8, len(text)) == -1  # the newline at start is not after it
+
+
+def test_piece_end_cases():
+    assert LOOK_AHEAD == 8
+    # The last safe cut within size (the one at 3 is not the last).
+    assert piece_end("ab\ncd\nefgh\nij", 0, 7) == 6
+    assert piece_end("ab\ncd\nef\ngh", 3, 6) == 9  # counted from start
+    # None within size, but one within LOOK_AHEAD sizes: a longer piece.
+    assert piece_end("abcdefgh\nij", 0, 4) == 9
+    assert piece_end("abcdefgh\nij", 0, 4, more_follows=True) == 9
+    # More text follows and the short rest (< 8 sizes) has no safe cut: read more first.
+    assert piece_end("abcdefgh", 0, 4, more_follows=True) is None
+    assert piece_end("ab\n\ncd", 0, 2, more_follows=True) is None
+    assert piece_end("x" * 100, 50, 8, more_follows=True) is None  # 50 left < 64
+    # ... while a short rest that does hold one is cut there.
+    assert piece_end("ab\ncd", 0, 5, more_follows=True) == 3
+    # No safe cut within 8 sizes: the last newline within size, else one long line cut at size.
+    assert piece_end("a\n\n" + "x" * 40, 0, 4) == 3
+    assert piece_end("x" * 100, 0, 8) == 8
+    assert piece_end("x" * 100, 0, 8, more_follows=True) == 8  # 100 >= 64 read: no waiting
+    assert piece_end("x" * 100, 96, 8) == 100  # the rest is at most size: all of it
+    # Without more_follows a rest of at most size is one piece, safe cuts in it or not.
+    assert piece_end("ab\ncd", 0, 5) == 5
+    assert piece_end("ab\ncd\nef", 3, 10) == 8
+    assert piece_end("ab\ncd\nef", 3, 5) == 8
+
+
+def test_split_at_lines_cuts_after_newlines():
+    text = "ab\ncd\n" + "x" * 12 + "\nend"
+    pieces = split_at_lines(text, 8)
+    assert "".join(pieces) == text
+    assert pieces == ["ab\ncd\n", "x" * 12 + "\n", "end"]  # a longer piece, cut safely
+    assert split_at_lines("ab\n" + "x" * 80, 8) == ["ab\n", *["x" * 8] * 10]  # one long line
+    # Looking ahead for a safe cut may reach the end of the text, which ends in a newline.
+    assert split_at_lines("a b c d\n  e\n", 4) == ["a b ", "c d\n", "  e\n"]
+    assert split_at_lines("", 4) == []
+
+
+def test_split_at_lines_prefers_a_newline_before_visible_text():
+    # "\n\n" and "\n  " are whitespace runs a pre-split pattern may split differently at the
+    # end of a piece, so the cut goes after the newline between "a" and "b", although later
+    # newlines are in reach.
+    assert split_at_lines("a\nb\n\n  c", 6) == ["a\n", "b\n\n  c"]
+    assert split_at_lines("a\n\nbc", 4) == ["a\n\n", "bc"]  # none safe: the last newline
+
+
+def chunks(tmp_path, text, chunk_bytes, val_fraction=0.0):
+    path = tmp_path / "in.txt"
+    path.write_text(text)
+    return list(read_text_chunks(path, val_fraction, chunk_bytes))
+
+
+def test_read_text_chunks_cuts_at_piece_end(tmp_path):
+    # Each chunk ends at a safe cut; a short rest is carried on to the next read.
+    assert chunks(tmp_path, "aaaa\nbbbb\ncccc\ndd\n", 6) == [
+        ("train", "aaaa\n"),
+        ("train", "bbbb\n"),
+        ("train", "cccc\n"),
+        ("train", "dd\n"),
+    ]
+    # A whitespace-adjacent newline is no place to cut while a safe one is in reach.
+    assert chunks(tmp_path, "one\ntwo\n\nthree\nfour\n", 5) == [
+        ("train", "one\n"),
+        ("train", "two\n\nthree\n"),
+        ("train", "four\n"),
+    ]
+    # No safe cut within 8 chunks: the last newline, then pieces of one long line, as
+    # split_at_lines cuts the whole text.
+    text = "a\n\n" + "x" * 40 + "\nz"
+    assert [t for _, t in chunks(tmp_path, text, 4)] == split_at_lines(text, 4)
+    assert split_at_lines(text, 4) == ["a\n\n", "xxxx", "xxxx", "xxxx", "x" * 28 + "\n", "z"]
+    # Each split is cut on its own: the val split starts at its line start.
+    assert chunks(tmp_path, "ab\ncd\nef\ngh\n", 4, val_fraction=0.4) == [
+        ("train", "ab\n"),
+        ("train", "cd\n"),
+        ("train", "ef\n"),
+        ("val", "gh\n"),
+    ]
+
+
+def test_read_text_chunks_waits_for_the_character_after_the_look_ahead(tmp_path):
+    text = "x" * (LOOK_AHEAD * 4 - 1) + "\ny\n"
+    assert split_at_lines(text, 4) == ["x" * 31 + "\n", "y\n"]
+    assert [t for _, t in chunks(tmp_path, text, 4)] == ["x" * 31 + "\n", "y\n"]
 
 
 # --- token arrays ------------------------------------------------------------------------
@@ -217,7 +329,7 @@ def test_pack_blocks_overlap_by_one_token(tmp_path):
 def test_pack_blocks_of_tokenized_text(tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("hello world\n")
-    tokenize_text(src, BYTE, tmp_path / "tokens", val_fraction=0.0)
+    tokenize_text(src, BYTE, tmp_path / "tokens", val_fraction=0.0, chunk_bytes=CHUNK)
     meta = pack_blocks(tmp_path / "tokens", tmp_path / "blocks", context_len=4)
     blocks = open_array(tmp_path / "blocks", meta, "train").tolist()
     assert blocks == [[BOS, *b"hell"], [*b"lo wo"], [*b"orld\n"]]

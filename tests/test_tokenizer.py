@@ -4,7 +4,7 @@ import re
 import pytest
 
 from xinslm.errors import XinslmError
-from xinslm.tokenizer import SPECIAL_TOKENS, ByteTokenizer, get_tokenizer
+from xinslm.tokenizer import PIECE_CHARS, SPECIAL_TOKENS, ByteTokenizer, get_tokenizer
 
 R50K_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 
@@ -99,53 +99,7 @@ def test_unknown_name(tmp_path):
         get_tokenizer("gpt5", tmp_path)
 
 
-def test_split_at_lines_cuts_after_newlines():
-    from xinslm.tokenizer import split_at_lines
-
-    text = "ab\ncd\n" + "x" * 12 + "\nend"
-    pieces = split_at_lines(text, 8)
-    assert "".join(pieces) == text
-    assert pieces == ["ab\ncd\n", "x" * 12 + "\n", "end"]  # a longer piece, cut safely
-    assert split_at_lines("ab\n" + "x" * 80, 8) == ["ab\n", *["x" * 8] * 10]  # one long line
-    # Looking ahead for a safe cut may reach the end of the text, which ends in a newline.
-    assert split_at_lines("a b c d\n  e\n", 4) == ["a b ", "c d\n", "  e\n"]
-
-
-def test_split_at_lines_prefers_a_newline_before_visible_text():
-    from xinslm.tokenizer import split_at_lines
-
-    # "\n\n" and "\n  " are whitespace runs a pre-split pattern may split differently at the
-    # end of a piece, so the cut goes after the newline between "a" and "b", although later
-    # newlines are in reach.
-    assert split_at_lines("a\nb\n\n  c", 6) == ["a\n", "b\n\n  c"]
-    assert split_at_lines("a\n\nbc", 4) == ["a\n\n", "bc"]  # none safe: the last newline
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("ab\ncd", 3),
-        ("ab\n cd", -1),  # whitespace after the newline
-        ("ab \ncd", -1),  # whitespace before it
-        ("ab\n\ncd", -1),
-        ("ab\r\ncd", -1),
-        ("ab\n\u3000x", -1),  # Unicode whitespace counts too
-        ("日本\n語", 3),
-        ("ab\n", -1),  # nothing follows the newline yet
-        ("ab\nc\n", 3),
-        ("\ncd", -1),  # nothing before it
-        ("ab\n!\n\tx", 3),
-    ],
-)
-def test_safe_cut(text, expected):
-    from xinslm.tokenizer import safe_cut
-
-    assert safe_cut(text, 0, len(text)) == expected
-
-
 def test_encode_array_is_encode_of_the_whole_text(tiktoken_tok):
-    from xinslm.tokenizer import PIECE_CHARS
-
     small = "Hello wörld\n\nand café ☕\n   indented\r\n\n\n<|bos|> ok\n" * 10
     assert tiktoken_tok.encode_array(small).tolist() == tiktoken_tok.encode(small)
     big = small * (3 * PIECE_CHARS // len(small) + 1)

@@ -1,4 +1,6 @@
-"""The training step: both optimizers learn, and compiling the model changes no result."""
+"""The training step (TrainStep, the one the loop, the bench scripts and these tests use): both
+optimizers learn, micro-batches add up to the batch they split, the schedule, and compiling the
+model changes no result."""
 
 from __future__ import annotations
 
@@ -7,44 +9,72 @@ import shutil
 
 import pytest
 import torch
+from conftest import tiny_config, train_params
 
-from xinslm.config import TrainParams
-from xinslm.model import ModelConfig, NanoChatModel
+from xinslm.model import IGNORE_INDEX, NanoChatModel
 from xinslm.muon import orthogonalize
-from xinslm.train import make_optimizers
+from xinslm.optim import lr_scale, make_optimizers
+from xinslm.step import TrainStep
 
-CONFIG = ModelConfig(context_len=32, n_layer=2, n_head=2, n_kv_head=1, n_embd=32, vocab_size=64)
+CONFIG = tiny_config(vocab_size=64)
+CPU = torch.device("cpu")
 
 
-def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(seed: int = 0, rows: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     # A learnable pattern: each row counts up from a random start, modulo the vocabulary.
     g = torch.Generator().manual_seed(seed)
-    rows = (torch.randint(0, 64, (8, 1), generator=g) + torch.arange(33)) % 64
-    return rows[:, :-1], rows[:, 1:]
+    counting = (torch.randint(0, 64, (rows, 1), generator=g) + torch.arange(33)) % 64
+    return counting[:, :-1], counting[:, 1:]
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_both_optimizers_reduce_the_loss(optimizer: str) -> None:
     torch.manual_seed(0)
     model = NanoChatModel(CONFIG)
-    params = TrainParams(optimizer=optimizer, lr=0.01, muon_lr=0.02)
-    optimizers = make_optimizers(model, params, torch.device("cpu"))
-    assert len(optimizers) == (2 if optimizer == "muon" else 1)
-    losses = []
-    for step in range(40):
-        x, y = batch(step)
-        _, loss = model(x, y)
-        loss.backward()
-        for o in optimizers:
-            o.step()
-        model.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+    params = train_params(
+        optimizer=optimizer, lr=0.01, muon_lr=0.02, warmup_steps=0, max_steps=40, compile=False
+    )
+    step = TrainStep(model, params, CPU)
+    assert len(step.optimizers) == (2 if optimizer == "muon" else 1)
+    losses = [float(step([batch(i)], i)[0]) for i in range(40)]
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_micro_batches_weigh_each_learned_target_as_one_batch_would() -> None:
+    """Two micro-batches with different numbers of learned targets: the step's loss and the
+    weights after it are those of the one batch they split."""
+    torch.manual_seed(0)
+    whole, split = NanoChatModel(CONFIG), None
+    split = copy.deepcopy(whole)
+    x, y = batch(0)
+    y = y.clone()
+    y[:2, :20] = IGNORE_INDEX  # the first micro-batch learns far fewer targets
+    params = train_params(lr=0.01, warmup_steps=0, compile=False, grad_accum=2)
+    one, two = TrainStep(whole, params, CPU), TrainStep(split, params, CPU)
+    loss_one, tokens_one = one([(x, y)], 0)
+    loss_two, tokens_two = two([(x[:4], y[:4]), (x[4:], y[4:])], 0)
+    torch.testing.assert_close(loss_two, loss_one, rtol=1e-6, atol=1e-6)
+    assert tokens_one == tokens_two == 8 * 32
+    for a, b in zip(whole.parameters(), split.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_schedule_warms_up_then_decays_to_min_lr_frac() -> None:
+    params = train_params(max_steps=110, warmup_steps=10, min_lr_frac=0.1)
+    assert [lr_scale(s, params) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert lr_scale(10, params) == 1.0
+    assert lr_scale(60, params) == pytest.approx(0.55)  # halfway down the cosine
+    assert lr_scale(110, params) == pytest.approx(0.1)
+    torch.manual_seed(0)
+    step = TrainStep(NanoChatModel(CONFIG), params, CPU)
+    step([batch()], 4)
+    (adamw,) = step.optimizers
+    assert {g["lr"] for g in adamw.param_groups} == {params.lr * 0.5}
 
 
 def test_muon_takes_the_block_matrices_and_adamw_the_rest() -> None:
     model = NanoChatModel(CONFIG)
-    adamw, muon = make_optimizers(model, TrainParams(optimizer="muon"), torch.device("cpu"))
+    adamw, muon = make_optimizers(model, train_params(optimizer="muon"))
     in_muon = {id(p) for g in muon.param_groups for p in g["params"]}
     in_adamw = {id(p) for g in adamw.param_groups for p in g["params"]}
     names = {id(p): n for n, p in model.named_parameters()}
@@ -62,21 +92,16 @@ def test_orthogonalize_gives_singular_values_near_one() -> None:
 @pytest.mark.skipif(
     not (shutil.which("c++") or shutil.which("g++")), reason="torch.compile needs a C++ compiler"
 )
-def test_compiled_model_gives_the_loss_of_the_plain_one() -> None:
+def test_compiled_step_gives_the_loss_of_the_plain_one() -> None:
     torch.manual_seed(0)
     plain = NanoChatModel(CONFIG)
     twin = copy.deepcopy(plain)
-    compiled = torch.compile(twin)
-    params = TrainParams(lr=0.01)
     losses = {}
-    for name, model, owner in (("plain", plain, plain), ("compiled", compiled, twin)):
-        (optimizer,) = make_optimizers(owner, params, torch.device("cpu"))
-        x, y = batch()
-        _, loss = model(x, y)
-        loss.backward()
-        optimizer.step()  # one step, then the loss it leads to
-        with torch.no_grad():
-            _, after = model(*batch(1))
-        losses[name] = (loss.detach(), after)
+    for name, model, compile in (("plain", plain, False), ("compiled", twin, True)):
+        step = TrainStep(model, train_params(lr=0.01, warmup_steps=0, compile=compile), CPU)
+        assert (step.forward is not step.ddp) == compile
+        first, _ = step([batch()], 0)  # one step, then the loss it leads to
+        second, _ = step([batch(1)], 1)
+        losses[name] = (first, second)
     for before_after in zip(losses["plain"], losses["compiled"], strict=True):
         torch.testing.assert_close(*before_after, rtol=1e-4, atol=1e-5)

@@ -14,10 +14,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from xinslm.atomic import atomic_dir
 from xinslm.errors import XinslmError
 from xinslm.text import read_text_chunks, text_files
 from xinslm.tokenizer import BPE_FILE
-from xinslm.tokens import atomic_dir
 
 # GPT-4's pre-split pattern (cl100k_base), as nanochat trains with: words, numbers in groups
 # of up to three digits, punctuation runs, and whitespace.

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
+from xinslm.artifact import check_tokenizer
+from xinslm.atomic import atomic_file
 from xinslm.errors import XinslmError
 from xinslm.model import ModelConfig, NanoChatModel
-from xinslm.tokens import atomic_file, check_tokenizer
 
 FORMAT = "xinslm-checkpoint-1"
 REQUIRED = ("format", "model", "model_config", "tokenizer", "step")

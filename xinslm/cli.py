@@ -31,16 +31,14 @@ def _stream(model, tokenizer, prompt_ids: list[int], args, stop_id: int) -> str:
 
     new: list[int] = []
     printed = ""
-    tokens = generate.generate(
-        model,
-        prompt_ids,
+    sampling = generate.Sampling(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
-        stop_id=stop_id,
     )
+    tokens = generate.generate(model, prompt_ids, sampling, stop_id=stop_id)
     for token in tokens:
         new.append(token)
         text = tokenizer.decode(new)
@@ -57,7 +55,7 @@ def _stream(model, tokenizer, prompt_ids: list[int], args, stop_id: int) -> str:
 def _fit_history(conversation: list[dict], tokenizer, context_len: int, room: int) -> list[dict]:
     """Drop the oldest exchanges (keeping a system message) until the prompt leaves `room`
     tokens for the reply."""
-    from xinslm.chat import render_prompt
+    from xinslm.chat_template import render_prompt
 
     while len(render_prompt(conversation, tokenizer)) > context_len - room:
         first = 1 if conversation[0]["role"] == "system" else 0
@@ -69,7 +67,7 @@ def _fit_history(conversation: list[dict], tokenizer, context_len: int, room: in
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
-    from xinslm.chat import render_prompt
+    from xinslm.chat_template import render_prompt
 
     ckpt, model, tokenizer = _load(args.checkpoint, args.encodings_dir)
     context_len = model.config.context_len

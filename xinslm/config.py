@@ -2,6 +2,8 @@
 
 A stage script asks for the sections it reads (`load_params("params.yaml", "pretrain")`) and
 gets dataclasses back, so no script digs through raw dicts and every error names its key.
+params.yaml is the one source of every value: the dataclasses have no defaults, and a key
+missing from the file is an error naming it, so the values in effect are those DVC records.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -17,20 +19,21 @@ import yaml
 
 from xinslm.errors import XinslmError
 
+# byte, a BPE trained by train-tokenizer, or a tiktoken encoding (xinslm.tokenizer has their
+# files; a test checks the two lists agree).
+TokenizerName = Literal[
+    "byte", "bpe", "gpt2", "r50k_base", "p50k_base", "cl100k_base", "o200k_base"
+]
+
 
 @dataclass
 class TokenizerParams:
-    name: str = "byte"
-    encodings_dir: str = "../shared/data/tiktoken"
-    vocab_size: int = 4096
-    max_chars: int = 100_000_000
+    name: TokenizerName
+    encodings_dir: str
+    vocab_size: int
+    max_chars: int
 
     def check(self) -> None:
-        from xinslm.tokenizer import TIKTOKEN_ENCODINGS
-
-        known = ["byte", "bpe", *TIKTOKEN_ENCODINGS]
-        if self.name not in known:
-            raise ValueError(f"name: '{self.name}' is not one of {', '.join(known)}")
         if self.vocab_size <= 256:
             raise ValueError(f"vocab_size: must be > 256 (the bytes), got {self.vocab_size}")
         _positive("max_chars", self.max_chars)
@@ -38,10 +41,10 @@ class TokenizerParams:
 
 @dataclass
 class TextParams:
-    input: str = "data/example_data_text.txt"
-    val_fraction: float = 0.1
-    chunk_bytes: int = 4 * 1024 * 1024
-    utf8_errors: Literal["strict", "replace"] = "strict"
+    input: str
+    val_fraction: float
+    chunk_bytes: int
+    utf8_errors: Literal["strict", "replace"]
 
     def check(self) -> None:
         _in_range("val_fraction", self.val_fraction, 0.0, 0.5)
@@ -50,13 +53,13 @@ class TextParams:
 
 @dataclass
 class ModelParams:
-    context_len: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    n_kv_head: int = 2
-    n_embd: int = 128
-    logit_softcap: float = 15.0
-    dropout: float = 0.0
+    context_len: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int
+    n_embd: int
+    logit_softcap: float
+    dropout: float
 
     def check(self) -> None:
         for key in ("context_len", "n_layer", "n_head", "n_kv_head", "n_embd"):
@@ -74,37 +77,37 @@ class ModelParams:
 
 @dataclass
 class ChatParams:
-    input: str = "data/example_data_chat.jsonl"
-    val_input: str = "data/example_data_chat_val.jsonl"
-    on_error: Literal["fail", "skip"] = "fail"
-    overlong: Literal["truncate", "drop"] = "truncate"
+    input: str
+    val_input: str
+    on_error: Literal["fail", "skip"]
+    overlong: Literal["truncate", "drop"]
 
 
 @dataclass
 class TrainParams:
     """The knobs of one training stage (the pretrain and sft sections share this shape)."""
 
-    max_steps: int = 300
-    batch_size: int = 16
-    grad_accum: int = 1
-    optimizer: Literal["adamw", "muon"] = "adamw"
-    lr: float = 3e-3
-    muon_lr: float = 0.02
-    muon_momentum: float = 0.95
-    min_lr_frac: float = 0.1
-    warmup_steps: int = 30
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    log_every: int = 10
-    eval_every: int = 50
-    eval_batches: int = 8
-    checkpoint_every: int = 100
-    seed: int = 1337
-    device: str = "auto"
-    compile: Literal["auto", True, False] = "auto"
-    nproc: int = 1
+    max_steps: int
+    batch_size: int
+    grad_accum: int
+    optimizer: Literal["adamw", "muon"]
+    lr: float
+    muon_lr: float
+    muon_momentum: float
+    min_lr_frac: float
+    warmup_steps: int
+    weight_decay: float
+    beta1: float
+    beta2: float
+    grad_clip: float
+    log_every: int
+    eval_every: int
+    eval_batches: int
+    checkpoint_every: int
+    seed: int
+    device: str
+    compile: Literal["auto", True, False]
+    nproc: int
 
     def check(self) -> None:
         for key in (
@@ -138,7 +141,7 @@ class TrainParams:
 class PretrainParams(TrainParams):
     """The pretrain section: TrainParams plus how the packed blocks are read."""
 
-    shift_blocks: bool = True
+    shift_blocks: bool
 
 
 def _check_device(device: str) -> None:
@@ -148,15 +151,15 @@ def _check_device(device: str) -> None:
 
 @dataclass
 class EvalParams:
-    batch_size: int = 16
-    prompts: list[str] = field(default_factory=lambda: ["What is 2 plus 3?"])
-    base_prompts: list[str] = field(default_factory=lambda: ["The river"])
-    max_new_tokens: int = 64
-    temperature: float = 0.8
-    top_k: int = 50
-    top_p: float = 0.95
-    seed: int = 0
-    device: str = "auto"
+    batch_size: int
+    prompts: list[str]
+    base_prompts: list[str]
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
+    device: str
 
     def check(self) -> None:
         _positive("batch_size", self.batch_size)
@@ -221,6 +224,12 @@ def parse_section(name: str, raw: object, source: str = "params.yaml"):
     if unknown:
         raise XinslmError(
             f"{source}: unknown key '{name}.{unknown[0]}' (known keys: {', '.join(sorted(fields))})"
+        )
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw]
+    if missing:
+        raise XinslmError(
+            f"{source}: missing key '{name}.{missing[0]}': params.yaml holds every value in "
+            "effect, so each key must be set (the README's parameter tables list them)"
         )
     try:
         values = {k: _check_type(k, v, hints[k]) for k, v in raw.items()}

@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from xinslm.errors import XinslmError
+
 
 @dataclass(frozen=True)
 class World:
@@ -34,6 +36,11 @@ class World:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def slot(self) -> tuple[int, int]:
+        """(rank, size): which slice of each global batch this process reads."""
+        return self.rank, self.size
 
 
 def current() -> World:
@@ -79,14 +86,27 @@ def _torchrun(nproc: int, label: str) -> int:
     return 0
 
 
-def init(world: World, device: torch.device) -> None:
-    """Join the process group: NCCL between GPUs, gloo on the CPU."""
-    if world.size > 1 and not dist.is_initialized():
+def init(world: World, device: torch.device, label: str) -> torch.device:
+    """Join the process group (NCCL between GPUs, gloo on the CPU) and return this process's
+    device: with several processes on CUDA, GPU number local_rank. One process: `device`."""
+    if world.size == 1:
+        return device
+    if device.type == "cuda":
+        if world.local_rank >= torch.cuda.device_count():
+            raise XinslmError(
+                f"{label}: process {world.local_rank} of this machine has no GPU of its own "
+                f"({torch.cuda.device_count()} visible): set nproc to at most that"
+            )
+        device = torch.device("cuda", world.local_rank)  # one GPU per process
+    elif device.type != "cpu":
+        raise XinslmError(f"{label}: nproc above 1 runs on CUDA GPUs or the CPU, not {device}")
+    if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
             dist.init_process_group("nccl", device_id=device)
         else:
             dist.init_process_group("gloo")
+    return device
 
 
 def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

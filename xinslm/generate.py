@@ -1,4 +1,5 @@
-"""Sampling from a trained model: temperature, top-k, top-p, a seed, a stop token, KV cache.
+"""Sampling from a trained model: temperature, top-k, top-p, a seed, a stop token, KV cache;
+a chat reply and a text continuation.
 
 With the cache (the default) the prompt is fed through the model once and each new token
 costs one position; `use_cache=False` recomputes the whole sequence at every step, which
@@ -8,11 +9,30 @@ gives the same tokens (the tests check it) and is kept as the reference.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+from xinslm.chat_template import render_prompt
 from xinslm.errors import XinslmError
 from xinslm.model import KVCache, NanoChatModel
+
+if TYPE_CHECKING:
+    from xinslm.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next tokens are picked: at most max_new_tokens of them, each sampled at
+    `temperature` (0: the likeliest, greedy) among the top_k likeliest and the fewest whose
+    probabilities sum to top_p (None: no such cut), from a generator seeded with `seed`."""
+
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = 50
+    top_p: float | None = None
+    seed: int = 0
 
 
 def sample_next(
@@ -42,16 +62,12 @@ def sample_next(
 def generate(
     model: NanoChatModel,
     prompt: list[int],
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int | None = 50,
-    top_p: float | None = None,
-    seed: int = 0,
+    sampling: Sampling = Sampling(),  # noqa: B008 (frozen: shared safely)
     stop_id: int | None = None,
     use_cache: bool = True,
 ) -> Iterator[int]:
-    """Yield new token ids one at a time until max_new_tokens, stop_id (not yielded), or the
-    model's context is full."""
+    """Yield new token ids one at a time until sampling.max_new_tokens, stop_id (not
+    yielded), or the model's context is full."""
     context_len = model.config.context_len
     if not prompt:
         raise XinslmError("empty prompt: give at least one token (e.g. BOS)")
@@ -59,13 +75,14 @@ def generate(
         raise XinslmError(f"prompt of {len(prompt)} tokens fills the context ({context_len})")
     model.eval()
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(sampling.seed)
     ids = torch.tensor([prompt], dtype=torch.long, device=device)
     cache = KVCache(model.config, 1, device) if use_cache else None
     logits, _ = model(ids, cache=cache)
-    steps = min(max_new_tokens, context_len - len(prompt))
+    steps = min(sampling.max_new_tokens, context_len - len(prompt))
+    s = sampling
     for step in range(steps):
-        next_id = sample_next(logits[0, -1], temperature, top_k, top_p, generator)
+        next_id = sample_next(logits[0, -1], s.temperature, s.top_k, s.top_p, generator)
         if next_id == stop_id:
             return
         yield next_id
@@ -74,3 +91,17 @@ def generate(
         new = torch.tensor([[next_id]], device=device)
         ids = torch.cat([ids, new], dim=1)
         logits, _ = model(new, cache=cache) if use_cache else model(ids)
+
+
+def chat_reply(
+    model: NanoChatModel, tokenizer: Tokenizer, conversation: list[dict], sampling: Sampling
+) -> str:
+    """The model's next assistant message after `conversation` (which ends with a user turn)."""
+    prompt = render_prompt(conversation, tokenizer)
+    return tokenizer.decode(list(generate(model, prompt, sampling, stop_id=tokenizer.end_id)))
+
+
+def continuation(model: NanoChatModel, tokenizer: Tokenizer, text: str, sampling: Sampling) -> str:
+    """The model's continuation of `text`, as a document that starts with BOS."""
+    prompt = [tokenizer.bos_id, *tokenizer.encode(text)]
+    return tokenizer.decode(list(generate(model, prompt, sampling, stop_id=tokenizer.bos_id)))

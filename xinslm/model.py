@@ -15,22 +15,36 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from xinslm.config import ModelParams
+if TYPE_CHECKING:
+    from xinslm.config import ModelParams
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the label of a position with no learned target (the loss skips it)
 
 
-@dataclass
-class ModelConfig(ModelParams):
-    """The model section of params.yaml, plus what comes from the data and fixed choices."""
+@dataclass(kw_only=True)
+class ModelConfig:
+    """The network's shape: params.yaml's model section (`from_params`), plus the vocabulary
+    size that comes with the data. Checkpoints store it (`to_dict`) and rebuild from it."""
 
-    vocab_size: int = 261
-    rope_base: float = 10000.0
+    context_len: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int
+    n_embd: int
+    logit_softcap: float = 15.0
+    dropout: float = 0.0
+    vocab_size: int
+    rope_base: float = 10000.0  # a fixed choice, not a param
+
+    @classmethod
+    def from_params(cls, params: ModelParams, vocab_size: int) -> ModelConfig:
+        return cls(vocab_size=vocab_size, **asdict(params))
 
     def to_dict(self) -> dict:
         return asdict(self)

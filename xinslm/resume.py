@@ -1,27 +1,194 @@
-"""Resume checkpoints: all a training run needs to go on exactly where it stopped.
+"""Guard: the resume checkpoints, stop requests and NaN guard of one training run.
 
-A run writes one every `checkpoint_every` steps (and when SIGTERM or Ctrl-C stops it) to
-`checkpoints/resume/<stage>.pt`, outside the stage's DVC outputs, so it survives the stage
-being rerun. It holds the weights, the optimizer state, the step, the RNG states of python,
-numpy and torch, the data position and the logging state, plus the run's identity (model
-config, the params that shape the weights, the data): a rerun with another identity is
-refused, naming the difference, rather than mixing two runs.
+Every `checkpoint_every` steps, and when SIGTERM or Ctrl-C asks the run to stop, the guard
+saves the TrainState (plus the RNG states) to `checkpoints/resume/<stage>.pt`, outside the
+stage's DVC outputs. A rerun of the same run continues from it and ends bit-identical to an
+uninterrupted run (on the CPU); a completed run deletes it. The file carries the run's
+identity (model, params that shape the weights, data, code, processes): a run with another
+identity never uses it, says so in one line and starts over, and its own first resume
+checkpoint replaces the stale one. Only a state whose losses and weights are finite is saved;
+a NaN or inf stops the run naming the step.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
+import signal
+import sys
+import threading
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from xinslm import distributed
 from xinslm.checkpoint import load_checkpoint, save_checkpoint
 from xinslm.errors import XinslmError
+from xinslm.train_state import NonFiniteLoss, TrainState
+
+if TYPE_CHECKING:
+    from xinslm.train import TrainJob
 
 # Params that change how a run is watched or where it runs, not the weights it computes:
 # they may differ between a run and its resumption.
 FREE_PARAMS = ("eval_every", "eval_batches", "checkpoint_every", "device", "compile")
+FORMAT = 2  # of the resume checkpoint's contents; a file of another format is not used
+
+
+class TrainingStopped(XinslmError):
+    """SIGTERM or Ctrl-C stopped a run after it saved a resume checkpoint."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
+
+
+class Guard:
+    """Use as a context manager around the loop: `resume(state)` before the first step,
+    `after_step(state)` after each, `finish()` when the run is complete. Without a path
+    there are no resume checkpoints, and SIGTERM and Ctrl-C act as they always do."""
+
+    def __init__(self, job: TrainJob, identity: dict) -> None:
+        self.name, self.params, self.identity = job.name, job.params, identity
+        self.path = Path(job.resume_path) if job.resume_path is not None else None
+        self.extra = job.checkpoint_extra  # the tokenizer, so the file loads as a checkpoint
+        self.world = distributed.current()
+        self.saved_step: int | None = None  # the step of the resume checkpoint of this run
+        self.stop_signal: int | None = None
+        self._handlers: dict = {}
+
+    def __enter__(self) -> Guard:
+        # Signal handlers can only be set from the main thread.
+        if self.path is not None and threading.current_thread() is threading.main_thread():
+            self._handlers = {s: signal.signal(s, self._request_stop) for s in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: object) -> None:
+        for s, handler in self._handlers.items():
+            signal.signal(s, handler)
+        if isinstance(error, NonFiniteLoss):
+            raise XinslmError(f"{self.name}: {error}{self._kept()}") from None
+
+    def _request_stop(self, signum: int, frame: object) -> None:
+        """Stop at the next step boundary, where a resume checkpoint can be saved; a second
+        Ctrl-C stops at once."""
+        if self.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+
+    def resume(self, state: TrainState) -> None:
+        """Load this run's resume checkpoint into `state`, if there is one."""
+        saved = self._load()
+        if saved is None:
+            return
+        state.load_state_dict(saved)
+        set_rng_state(saved["rank_rng"][self.world.rank] if self.world.size > 1 else saved["rng"])
+        self.saved_step = state.step
+        print(f"{self.name}: resuming from {self.path} at step {state.step}", flush=True)
+
+    def _load(self) -> dict | None:
+        if self.path is None or not self.path.exists():
+            return None
+        try:
+            saved = load_checkpoint(self.path)
+        except XinslmError as e:
+            return self._start_over(f"{e}")
+        if saved.get("kind") != "resume" or "identity" not in saved:
+            return self._start_over(f"{self.path}: not a resume checkpoint")
+        diffs = differences(saved["identity"], self.identity)
+        if diffs:
+            more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
+            return self._start_over(
+                f"{self.path} is from a run with other settings ({'; '.join(diffs[:3])}{more})"
+            )
+        return saved
+
+    def _start_over(self, why: str) -> None:
+        print(f"{self.name}: {why}; starting over (it is replaced at the first save)", flush=True)
+
+    def after_step(self, state: TrainState) -> None:
+        """Save a resume checkpoint when one is due or a stop was asked for; then stop."""
+        if self.path is None or state.step == self.params.max_steps:
+            return
+        stopping = self.stop_signal is not None
+        if self.world.size > 1:
+            # All processes stop at the same step. They agree at log points only (asking
+            # every step would wait for the GPUs every step); torchrun passes SIGTERM to
+            # them all and allows 30 s before it kills them.
+            at_log_point = state.step % self.params.log_every == 0
+            device = next(state.model.parameters()).device
+            stopping = at_log_point and distributed.any_rank(stopping, device)
+        every = self.params.checkpoint_every
+        if stopping or (every and state.step % every == 0):
+            self.save(state)
+        if stopping:
+            signum = self.stop_signal or signal.SIGTERM  # (another process got it)
+            raise TrainingStopped(
+                f"{self.name}: stopped by {signal.Signals(signum).name} at step {state.step}; "
+                f"saved {self.path}: run the stage again (dvc repro) to continue from there",
+                signum,
+            )
+
+    def save(self, state: TrainState) -> None:
+        """Save `state`, if its losses so far and its weights are finite."""
+        state.check_window()
+        if not state.weights_finite():
+            raise XinslmError(
+                f"{self.name}: weights became non-finite by step {state.step}{self._kept()}"
+            )
+        rngs = distributed.gather(rng_state())  # each process's dropout stream goes on
+        if self.world.main:
+            ranks = {"rank_rng": rngs} if self.world.size > 1 else {}
+            contents = {**state.state_dict(), "rng": rngs[0], **ranks}
+            save_checkpoint(
+                self.path, **self.extra, **contents, kind="resume", identity=self.identity
+            )
+        distributed.barrier()  # no process goes on (or stops) before the file is there
+        self.saved_step = state.step
+
+    def finish(self) -> None:
+        """The run is complete: its resume checkpoint is of no more use."""
+        if self.path is not None and self.world.main:
+            self.path.unlink(missing_ok=True)
+
+    def _kept(self) -> str:
+        if self.saved_step is None or not self.path.exists():
+            return ""
+        return f"; the last good state is {self.path} (step {self.saved_step})"
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def run_identity(name: str, model_config: dict, params, data: dict) -> dict:
+    """What makes two runs the same run: the stage, the model, every param that shapes the
+    weights, the data, the code and the number of processes."""
+    settings = {k: v for k, v in asdict(params).items() if k not in FREE_PARAMS}
+    return {
+        "format": FORMAT,
+        "stage": name,
+        "model": model_config,
+        "params": settings,
+        "data": data,
+        "code": code_fingerprint(),
+        "processes": distributed.current().size,
+    }
+
+
+def code_fingerprint() -> str:
+    """sha256 of the running script and of every xinslm module loaded: a resume checkpoint
+    of other code is not used (DVC reruns a stage whose code changed)."""
+    files = {Path(sys.argv[0]).name: Path(sys.argv[0])} if Path(sys.argv[0]).is_file() else {}
+    for name, module in list(sys.modules.items()):
+        if (name == "xinslm" or name.startswith("xinslm.")) and getattr(module, "__file__", None):
+            files[name] = Path(module.__file__)
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + files[name].read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def rng_state() -> dict:
@@ -60,35 +227,10 @@ def _flatten(value: object, prefix: str = "") -> dict[str, object]:
 
 
 def differences(saved: dict, current: dict) -> list[str]:
-    """'key: saved X, now Y' for every leaf where two nested dicts differ."""
+    """'key: X then, Y now' for every leaf where two nested dicts differ."""
     old, new = _flatten(saved), _flatten(current)
     return [
         f"{key}: {old.get(key, '(none)')!r} then, {new.get(key, '(none)')!r} now"
         for key in sorted(set(old) | set(new))
         if old.get(key) != new.get(key)
     ]
-
-
-def load_resume(path: str | Path, identity: dict) -> dict | None:
-    """The resume checkpoint at `path` if there is one, checked against this run's identity."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        state = load_checkpoint(path)
-    except XinslmError as e:
-        raise XinslmError(f"{e}; delete it to start the run over") from None
-    if state.get("kind") != "resume":
-        raise XinslmError(f"{path}: not a resume checkpoint; delete it to start the run over")
-    diffs = differences(state["identity"], identity)
-    if diffs:
-        more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
-        raise XinslmError(
-            f"{path}: saved by a run with other settings ({'; '.join(diffs[:3])}{more}): "
-            f"restore them to resume that run, or delete {path} to start over"
-        )
-    return state
-
-
-def save_resume(path: str | Path, **contents: object) -> None:
-    save_checkpoint(path, kind="resume", **contents)

@@ -1,13 +1,11 @@
-"""Base-pretraining data: tokenize text files into a token stream, then pack it into blocks.
+"""Reading text inputs: the files of `text.input`, decoded as UTF-8 in bounded chunks, split by
+position into train and val, and cut only where a tokenizer gives the same ids in pieces as
+for the whole.
 
-tokenize-text streams each file in chunks (memory stays bounded on a file of many GB), cut
-only where the tokens come out as if the whole split were encoded at once, keeps every byte of
-the text including newlines, starts each document (file) with BOS, and splits each file by
-position: the first (1 - val_fraction) of its bytes go to train, the rest (from the next line
-start) to val, as nanoGPT splits Shakespeare.
-
-pack cuts the stream into [N, context_len + 1] blocks with stride context_len, so that with
-input = block[:-1] and target = block[1:] every token after the first is a target exactly once.
+Each file is split by position, as nanoGPT splits Shakespeare: the first (1 - val_fraction) of
+its bytes go to train, the rest (from the next line start) to val. Pieces are cut where
+`safe_cut` allows, so text encoded piece by piece (tokenize-text's chunks and threads) gives
+exactly the ids of the text encoded whole.
 """
 
 from __future__ import annotations
@@ -17,11 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
-
 from xinslm.errors import XinslmError
-from xinslm.tokenizer import Tokenizer, safe_cut
-from xinslm.tokens import ArrayWriter, atomic_dir, open_array, read_meta, token_dtype, write_meta
+
+LOOK_AHEAD = 8  # a piece may grow to this many times its size to end at a safe cut
 
 
 def text_files(path: str | Path) -> list[Path]:
@@ -37,20 +33,68 @@ def text_files(path: str | Path) -> list[Path]:
     return [path]
 
 
+def safe_cut(text: str, start: int, end: int) -> int:
+    r"""The position in (start, end) just after the last newline with visible text on both
+    sides ("x\ny"), or -1 if there is none.
+
+    No piece of a byte-level BPE's pre-split pattern (gpt2, cl100k_base, o200k_base, ours)
+    runs across such a newline, and the newline is a piece of its own (or ends a punctuation
+    piece) whether or not text follows it, so text encoded in pieces cut there gives exactly
+    the ids of the text encoded whole. A newline next to other whitespace is not safe: gpt2's
+    `\s+(?!\S)` gives "\n\n" + "x" as "\n", "\n", "x" but "\n\n" at the end of a piece as one.
+    """
+    end = min(end, len(text))
+    i = text.rfind("\n", start + 1, end - 1)
+    while i > start:
+        if not text[i - 1].isspace() and not text[i + 1].isspace():
+            return i + 1
+        i = text.rfind("\n", start + 1, i)
+    return -1
+
+
+def piece_end(text: str, start: int, size: int, more_follows: bool = False) -> int | None:
+    """Where the piece of `text` that starts at `start`, about `size` characters long, ends:
+    the last safe cut within `size`, else within LOOK_AHEAD sizes; failing that, None when
+    `more_follows` (text not read yet) and the rest is shorter than LOOK_AHEAD sizes (read
+    more first), else the last newline within `size`, else (one very long line) `size` on.
+    Without `more_follows`, a rest of at most `size` is one piece."""
+    end = start + size
+    if end >= len(text) and not more_follows:
+        return len(text)
+    for limit in (end, start + LOOK_AHEAD * size):
+        cut = safe_cut(text, start, limit + 1)
+        if cut > 0:
+            return cut
+    if more_follows and len(text) - start <= LOOK_AHEAD * size:
+        return None
+    newline = text.rfind("\n", start, end) + 1
+    return newline if newline > start else min(end, len(text))
+
+
+def split_at_lines(text: str, size: int) -> list[str]:
+    """`text` cut into pieces of about `size` characters at `piece_end`, so that encoding the
+    pieces gives the ids of encoding the text whole."""
+    pieces, start = [], 0
+    while start < len(text):
+        end = piece_end(text, start, size)
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
 def read_text_chunks(
     path: Path, val_fraction: float, chunk_bytes: int, utf8_errors: str = "strict"
 ) -> Iterator[tuple[str, str]]:
-    """Yield (split, text) chunks of `path`, about chunk_bytes each, decoded as UTF-8: with
-    utf8_errors 'strict' a bad byte is an error naming its offset, with 'replace' it becomes
-    U+FFFD. The val split starts at the first line start in the last
-    val_fraction of the bytes. Chunks end where `safe_cut` allows, so a split encoded chunk by
-    chunk gives the ids of the split encoded whole; failing that (no such place in 8 chunks'
-    worth of text) at a newline, and failing that (one very long line) anywhere."""
+    """Yield (split, text) chunks of `path`, about chunk_bytes each, cut at `piece_end`,
+    decoded as UTF-8: with utf8_errors 'strict' a bad byte is an error naming its offset, with
+    'replace' it becomes U+FFFD. The val split starts at the first line start in the last
+    val_fraction of the bytes."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         val_start = _line_start_from(f, size - int(size * val_fraction))
-        yield from _decoded_chunks(f, path, "train", 0, val_start, chunk_bytes, utf8_errors)
-        yield from _decoded_chunks(f, path, "val", val_start, size, chunk_bytes, utf8_errors)
+        for split, span in (("train", (0, val_start)), ("val", (val_start, size))):
+            for text in _decoded_chunks(f, path, span, chunk_bytes, utf8_errors):
+                yield split, text
 
 
 def _line_start_from(f: BinaryIO, offset: int) -> int:
@@ -67,8 +111,10 @@ def _line_start_from(f: BinaryIO, offset: int) -> int:
 
 
 def _decoded_chunks(
-    f: BinaryIO, path: Path, split: str, begin: int, end: int, chunk_bytes: int, errors: str
-) -> Iterator[tuple[str, str]]:
+    f: BinaryIO, path: Path, span: tuple[int, int], chunk_bytes: int, errors: str
+) -> Iterator[str]:
+    """The bytes span[0]:span[1] of `f`, decoded, in pieces cut at `piece_end`."""
+    begin, end = span
     decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
     f.seek(begin)
     pos, carry = begin, ""  # pos: the file offset of the next byte to read
@@ -88,97 +134,11 @@ def _decoded_chunks(
                 "text.utf8_errors: replace to read bad bytes as U+FFFD"
             ) from None
         pos += want
-        cut = len(text) if last else safe_cut(text, 0, len(text))
-        if cut < 0 and len(text) < 8 * chunk_bytes:
-            carry = text  # read on to a safe place to cut
-            continue
-        if cut < 0:  # none in 8 chunks: a newline will do, or any place on one long line
-            cut = text.rfind("\n") + 1 or len(text)
-        text, carry = text[:cut], text[cut:]
-        if text:
-            yield split, text
-
-
-def tokenize_text(
-    input_path: str | Path,
-    tokenizer: Tokenizer,
-    out_dir: str | Path,
-    val_fraction: float,
-    chunk_bytes: int = 4 << 20,
-    utf8_errors: str = "strict",
-) -> dict:
-    """Write `train.bin` and `val.bin` token streams plus meta.json into `out_dir`."""
-    files = text_files(input_path)
-    dtype = token_dtype(tokenizer.vocab_size)
-    counts = {"train": {"bytes": 0, "documents": 0}, "val": {"bytes": 0, "documents": 0}}
-    sources = []
-    with atomic_dir(out_dir) as tmp:
-        writers = {s: ArrayWriter(tmp / f"{s}.bin", dtype) for s in ("train", "val")}
-        for path in files:
-            started = set()
-            for split, text in read_text_chunks(path, val_fraction, chunk_bytes, utf8_errors):
-                if split not in started:  # each document's part in a split starts with BOS
-                    writers[split].write([tokenizer.bos_id])
-                    counts[split]["documents"] += 1
-                    started.add(split)
-                writers[split].write(tokenizer.encode_array(text))
-                counts[split]["bytes"] += len(text.encode("utf-8"))
-            if not started:
-                raise XinslmError(f"{path}: file is empty")
-            sources.append({"path": str(path), "bytes": path.stat().st_size})
-        arrays = {s: w.close() for s, w in writers.items()}
-        if arrays["train"]["shape"][0] < 2:
-            raise XinslmError(f"{input_path}: too little text to train on")
-        text_tokens = {s: arrays[s]["shape"][0] - c["documents"] for s, c in counts.items()}
-        meta = {
-            "kind": "tokens",
-            "tokenizer": tokenizer.identity(),
-            "arrays": arrays,
-            "text_bytes": {s: c["bytes"] for s, c in counts.items()},
-            # Compression: UTF-8 bytes per token (BOS not counted); higher packs more text.
-            "bytes_per_token": {
-                s: round(c["bytes"] / text_tokens[s], 4) if text_tokens[s] else None
-                for s, c in counts.items()
-            },
-            "documents": {s: c["documents"] for s, c in counts.items()},
-            "val_fraction": val_fraction,
-            "sources": sources,
-        }
-        write_meta(tmp, meta)
-    return meta
-
-
-def pack_blocks(tokens_dir: str | Path, out_dir: str | Path, context_len: int) -> dict:
-    """Write `[N, context_len + 1]` blocks of each split, stride context_len, plus meta.json."""
-    meta_in = read_meta(tokens_dir, "tokens")
-    arrays, stats = {}, {}
-    with atomic_dir(out_dir) as tmp:
-        for split in ("train", "val"):
-            stream = open_array(tokens_dir, meta_in, split)
-            n_blocks = max(0, (len(stream) - 1) // context_len)
-            if split == "train" and n_blocks == 0:
-                raise XinslmError(
-                    f"{tokens_dir}: {len(stream)} train tokens make no block of "
-                    f"context_len+1 = {context_len + 1}; lower model.context_len or add text"
-                )
-            writer = ArrayWriter(tmp / f"{split}.bin", stream.dtype, (context_len + 1,))
-            rows_per_chunk = max(1, (1 << 22) // (context_len + 1))
-            for first in range(0, n_blocks, rows_per_chunk):
-                last = min(n_blocks, first + rows_per_chunk)
-                starts = np.arange(first, last) * context_len
-                writer.write(stream[starts[:, None] + np.arange(context_len + 1)])
-            arrays[split] = writer.close()
-            stats[split] = {
-                "blocks": n_blocks,
-                "tokens_used": n_blocks * context_len + bool(n_blocks),
-            }
-        meta = {
-            "kind": "blocks",
-            "tokenizer": meta_in["tokenizer"],
-            "arrays": arrays,
-            "context_len": context_len,
-            "stats": stats,
-            "text_bytes": meta_in["text_bytes"],
-        }
-        write_meta(tmp, meta)
-    return meta
+        start = 0
+        while start < len(text):
+            cut = piece_end(text, start, chunk_bytes, more_follows=not last)
+            if cut is None:
+                break
+            yield text[start:cut]
+            start = cut
+        carry = text[start:]

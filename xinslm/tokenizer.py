@@ -1,4 +1,5 @@
-"""Tokenizers: bytes, or a named tiktoken encoding loaded from a local file (no network).
+"""Tokenizers: bytes, a BPE trained by train-tokenizer, or a named tiktoken encoding loaded
+from a local file (no network).
 
 Both append the chat template's special tokens past their ordinary ids. `encode()` treats all
 text as ordinary text, so no input string can ever produce a special token: that is what keeps
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from xinslm.artifact import check_tokenizer
 from xinslm.errors import XinslmError
+from xinslm.text import split_at_lines
 
 PIECE_CHARS = 1 << 16  # the least text per piece of a threaded encode
 ENCODE_THREADS = os.cpu_count() or 1
@@ -257,51 +260,11 @@ def read_ranks(path: Path) -> dict[bytes, int]:
     return ranks
 
 
-def safe_cut(text: str, start: int, end: int) -> int:
-    r"""The position in (start, end) just after the last newline with visible text on both
-    sides ("x\ny"), or -1 if there is none.
-
-    No piece of a byte-level BPE's pre-split pattern (gpt2, cl100k_base, o200k_base, ours)
-    runs across such a newline, and the newline is a piece of its own (or ends a punctuation
-    piece) whether or not text follows it, so text encoded in pieces cut there gives exactly
-    the ids of the text encoded whole. A newline next to other whitespace is not safe: gpt2's
-    `\s+(?!\S)` gives "\n\n" + "x" as "\n", "\n", "x" but "\n\n" at the end of a piece as one.
-    """
-    end = min(end, len(text))
-    i = text.rfind("\n", start + 1, end - 1)
-    while i > start:
-        if not text[i - 1].isspace() and not text[i + 1].isspace():
-            return i + 1
-        i = text.rfind("\n", start + 1, i)
-    return -1
-
-
-def split_at_lines(text: str, size: int) -> list[str]:
-    """Cut text into pieces of about `size` characters, each ending where `safe_cut` allows
-    (so encoding the pieces gives the ids of encoding the text whole), looking up to 8 pieces'
-    worth ahead, else at a newline, else (one very long line) where it must."""
-    pieces, start = [], 0
-    while start < len(text):
-        end = min(len(text), start + size)
-        if end < len(text):
-            cut = safe_cut(text, start, end + 1)
-            if cut < 0:  # a longer piece then, else a newline, else a cut in a long line
-                cut = safe_cut(text, start, min(len(text), start + 8 * size) + 1)
-            if cut < 0:
-                cut = text.rfind("\n", start, end) + 1
-            end = cut if cut > start else end
-        pieces.append(text[start:end])
-        start = end
-    return pieces
-
-
 def tokenizer_for(
     identity: dict, source: str | Path, encodings_dir: str | Path, bpe_dir: str | Path = BPE_DIR
 ) -> Tokenizer:
     """Load the tokenizer an artifact or checkpoint (`source`) was made with, and refuse one
     that no longer matches it (another trained BPE, say)."""
-    from xinslm.tokens import check_tokenizer
-
     tokenizer = get_tokenizer(identity["name"], encodings_dir, bpe_dir)
     check_tokenizer(source, identity, tokenizer.identity())
     return tokenizer

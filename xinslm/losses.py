@@ -1,4 +1,4 @@
-"""Held-out evaluation: bits per byte on text, assistant-only loss on chats, and samples.
+"""Loss on held-out data: mean loss per learned target, and bits per byte.
 
 Bits per byte (bpb) is the summed next-token loss in nats over held-out text, divided by
 ln 2 and by the UTF-8 bytes of the text those target tokens decode to. Unlike loss per token
@@ -10,17 +10,41 @@ neither sum.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xinslm.chat import render_prompt
-from xinslm.data import ChatData, val_chat_batches
-from xinslm.generate import generate
-from xinslm.model import NanoChatModel
-from xinslm.tokenizer import Tokenizer
-from xinslm.train import autocast_for, evaluate
+from xinslm.batches import Batch, ChatData, val_chat_batches
+from xinslm.device import autocast_for
+from xinslm.model import IGNORE_INDEX, NanoChatModel
+
+
+@torch.no_grad()
+def loss_sums(model: NanoChatModel, batches: Iterable[Batch], device: torch.device) -> tuple:
+    """(summed loss, learned targets) over the batches: their ratio is the mean loss per
+    learned target, and sums from several processes add up."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        with autocast_for(device):
+            _, loss = model(x, y)
+        n = int((y != IGNORE_INDEX).sum())
+        total, count = total + float(loss) * n, count + n
+    model.train(was_training)
+    return total, count
+
+
+def assistant_loss(
+    model: NanoChatModel, chats: ChatData, batch_size: int, device: torch.device
+) -> float:
+    """Mean loss per learned target (assistant tokens and their <|end|>) over every
+    held-out conversation."""
+    total, count = loss_sums(model, val_chat_batches(chats, batch_size, len(chats)), device)
+    return total / max(count, 1)
 
 
 @torch.no_grad()
@@ -52,25 +76,3 @@ def text_loss_and_bpb(
         "tokens": n_targets,
         "bytes": n_bytes,
     }
-
-
-def assistant_loss(
-    model: NanoChatModel, chats: ChatData, batch_size: int, device: torch.device
-) -> float:
-    """Mean loss per learned target (assistant tokens and their <|end|>) over every
-    held-out conversation."""
-    return evaluate(model, val_chat_batches(chats, batch_size, len(chats)), device)
-
-
-def chat_reply(
-    model: NanoChatModel, tokenizer: Tokenizer, conversation: list[dict], **sampling
-) -> str:
-    """The model's next assistant message after `conversation` (which ends with a user turn)."""
-    prompt = render_prompt(conversation, tokenizer)
-    return tokenizer.decode(list(generate(model, prompt, stop_id=tokenizer.end_id, **sampling)))
-
-
-def continuation(model: NanoChatModel, tokenizer: Tokenizer, text: str, **sampling) -> str:
-    """The model's continuation of `text`, as a document that starts with BOS."""
-    prompt = [tokenizer.bos_id, *tokenizer.encode(text)]
-    return tokenizer.decode(list(generate(model, prompt, stop_id=tokenizer.bos_id, **sampling)))

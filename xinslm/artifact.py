@@ -1,19 +1,14 @@
-"""Token artifacts: memory-mapped arrays with a meta.json beside them, written atomically.
+"""The artifact format: a directory of raw `.bin` arrays with one `meta.json` beside them.
 
-An artifact is a directory (`data/tokens`, `data/blocks`, `data/chat`) holding raw `.bin`
-arrays and one `meta.json` that says what made them: kind, tokenizer identity, each array's
-file, dtype and shape, and counts. It is built in a temporary sibling directory and renamed
-into place only when complete, so a failure never leaves a half-written artifact.
+`data/tokens`, `data/blocks` and `data/chat` are artifacts. meta.json says what made them:
+their kind, the tokenizer's identity, each array's file, dtype and shape, and counts. Readers
+memory-map the arrays and refuse an artifact of another kind or tokenizer. Writers build the
+directory with `xinslm.atomic.atomic_dir`, so a failure never leaves half an artifact.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,74 +23,14 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def _clear_leftovers(path: Path) -> None:
-    """Remove temporary siblings of `path` that a killed run left behind."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is flushed and renamed to `path`,
-    so a reader (or a kill at any moment) sees the old file or the new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _clear_leftovers(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory beside `path`; on success it replaces `path` whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _clear_leftovers(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    old = tmp.with_name(tmp.name.replace(".tmp", ".old.tmp"))
-    try:
-        yield tmp
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        # Two renames, no copying: the old directory steps aside, the new one takes its name.
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-
-
 class ArrayWriter:
-    """Appends 1-D or row chunks to a raw .bin file and records its dtype and shape."""
+    """Appends 1-D or row chunks to a raw .bin file and records its dtype and shape. Use it as
+    a context manager, so the file is closed also when writing fails."""
 
     def __init__(self, path: Path, dtype: np.dtype, row_shape: tuple[int, ...] = ()) -> None:
         self.path, self.dtype, self.row_shape = path, np.dtype(dtype), row_shape
         self.rows = 0
-        self._file = open(path, "wb")
+        self._file = open(path, "wb")  # noqa: SIM115 (closed by close())
 
     def write(self, values: np.ndarray | list) -> None:
         arr = np.asarray(values)
@@ -105,7 +40,14 @@ class ArrayWriter:
         self._file.write(arr.tobytes())
         self.rows += arr.shape[0]
 
+    def __enter__(self) -> ArrayWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()  # may have been closed by close() already
+
     def close(self) -> dict:
+        """Close the file; return its entry for meta.json's arrays."""
         self._file.close()
         return {
             "file": self.path.name,

@@ -1,7 +1,8 @@
-"""Batch iterators over the token artifacts, for both stages.
+"""Batches of (input_ids, labels) for both stages, from the token artifacts.
 
-Each iterator visits its examples in an order fixed by the seed, one shuffled pass (epoch) after
-another, and can report and restore its position (`state_dict`), so a run can resume exactly.
+Each training iterator visits its examples in an order fixed by the seed, one shuffled pass
+(epoch) after another, and can report and restore its position (`state_dict`), so a run can
+resume exactly. Labels are the next token where it is learned, else IGNORE_INDEX (-100).
 """
 
 from __future__ import annotations
@@ -14,11 +15,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xinslm.artifact import open_array, read_meta
 from xinslm.errors import XinslmError
 from xinslm.model import IGNORE_INDEX
-from xinslm.tokens import open_array, read_meta
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (input_ids, labels), both (B, T) int64
+
+
+def shifted_labels(ids: torch.Tensor, learned: torch.Tensor) -> torch.Tensor:
+    """labels[i] = ids[i + 1] where that token is learned, else IGNORE_INDEX; the last
+    position has no next token."""
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[:-1] = torch.where(learned[1:].bool(), ids[1:], IGNORE_INDEX)
+    return labels
 
 
 class ShuffledIndices:
@@ -153,9 +162,9 @@ class ChatData:
         labels = torch.full((len(spans), width), IGNORE_INDEX, dtype=torch.int64)
         for row, (start, end) in enumerate(spans):
             ids = torch.from_numpy(self.ids[start:end].astype(np.int64))
-            learned = torch.from_numpy(self.mask[start + 1 : end].astype(np.bool_))
+            learned = torch.from_numpy(self.mask[start:end].astype(np.bool_))
             input_ids[row, : end - start] = ids
-            labels[row, : end - start - 1] = torch.where(learned, ids[1:], IGNORE_INDEX)
+            labels[row, : end - start] = shifted_labels(ids, learned)
         return input_ids, labels
 
 
@@ -197,7 +206,9 @@ class Prefetcher:
     """The batches of `batches`, made ahead on a background thread (in pinned memory on a GPU)
     and copied to `device` without blocking, so the next batch is ready while a step runs.
     state_dict() is the position after the batches handed out, not after those made ahead,
-    so a resume checkpoint taken between steps continues exactly."""
+    so a resume checkpoint taken between steps continues exactly. The thread starts with the
+    first batch asked for, so a resumed position can be loaded before. Close it (or use it as
+    a context manager) to stop the thread."""
 
     def __init__(self, batches: BlockBatches | ChatBatches, device: torch.device, ahead: int = 2):
         self.batches, self.device = batches, torch.device(device)
@@ -205,7 +216,6 @@ class Prefetcher:
         self._queue: queue.Queue = queue.Queue(maxsize=ahead)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._fill, daemon=True, name="prefetch")
-        self._thread.start()
 
     def _put(self, item: object) -> None:
         while not self._stop.is_set():
@@ -229,6 +239,8 @@ class Prefetcher:
         return self
 
     def __next__(self) -> Batch:
+        if self._thread.ident is None:  # not started yet
+            self._thread.start()
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
@@ -238,6 +250,19 @@ class Prefetcher:
     def state_dict(self) -> dict:
         return self._state
 
+    def load_state_dict(self, state: dict) -> None:
+        if self._thread.ident is not None:
+            raise RuntimeError("a prefetcher's position can only be set before it starts")
+        self.batches.load_state_dict(state)
+        self._state = self.batches.state_dict()
+
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
