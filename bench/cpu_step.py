@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xinslm.config import TrainParams  # noqa: E402
+from step_params import step_params  # noqa: E402 (bench/, beside this script)
+
 from xinslm.model import ModelConfig, NanoChatModel  # noqa: E402
 from xinslm.step import TrainStep  # noqa: E402
 
@@ -31,21 +32,10 @@ SIZES = {
 }
 
 
-def step_params(optimizer: str) -> TrainParams:
-    """The step's settings: the defaults of params.yaml's pretrain section when this bench was
-    written, set here so the figures do not move when params.yaml does."""
-    return TrainParams(
-        max_steps=10**6, batch_size=1, grad_accum=1, optimizer=optimizer, lr=3e-3, muon_lr=0.02,
-        muon_momentum=0.95, min_lr_frac=0.1, warmup_steps=0, weight_decay=0.1, beta1=0.9,
-        beta2=0.95, grad_clip=1.0, log_every=10, eval_every=50, eval_batches=8,
-        checkpoint_every=0, seed=0, device="cpu", compile=False, nproc=1,
-    )  # fmt: skip
-
-
 def median_step(shape: dict, ctx: int, batch: int, optimizer: str, steps: int) -> float:
     torch.manual_seed(0)
     model = NanoChatModel(ModelConfig(context_len=ctx, vocab_size=261, **shape))
-    step = TrainStep(model, step_params(optimizer), torch.device("cpu"))
+    step = TrainStep(model, step_params(optimizer, 3e-3, compile=False), torch.device("cpu"))
     x = torch.randint(0, 261, (batch, ctx))
     y = torch.randint(0, 261, (batch, ctx))
     times = []

@@ -31,8 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from step_params import step_params  # noqa: E402 (bench/, beside this script)
+
 from xinslm import distributed  # noqa: E402
-from xinslm.config import TrainParams  # noqa: E402
 from xinslm.device import setup_device  # noqa: E402
 from xinslm.model import ModelConfig, NanoChatModel  # noqa: E402
 from xinslm.step import TrainStep  # noqa: E402
@@ -44,16 +45,6 @@ def flops_per_token(model: NanoChatModel) -> float:
     c = model.config
     matrices = model.num_params() - model.wte.weight.numel()
     return 6 * matrices + 12 * c.n_layer * c.n_embd * c.context_len
-
-
-def step_params(optimizer: str, compile: bool) -> TrainParams:
-    """The step's settings, set here so the figures do not move when params.yaml does."""
-    return TrainParams(
-        max_steps=10**6, batch_size=1, grad_accum=1, optimizer=optimizer, lr=1e-3, muon_lr=0.02,
-        muon_momentum=0.95, min_lr_frac=0.1, warmup_steps=0, weight_decay=0.1, beta1=0.9,
-        beta2=0.95, grad_clip=1.0, log_every=10, eval_every=50, eval_batches=8,
-        checkpoint_every=0, seed=0, device="auto", compile=compile, nproc=1,
-    )  # fmt: skip
 
 
 def measure(args: argparse.Namespace, depth: int, vocab: int, optimizer: str) -> dict:
@@ -72,7 +63,8 @@ def measure(args: argparse.Namespace, depth: int, vocab: int, optimizer: str) ->
     )
     torch.manual_seed(0)
     model = NanoChatModel(config).to(device)
-    train_step = TrainStep(model, step_params(optimizer, args.compile), device, args.compile_mode)
+    params = step_params(optimizer, 1e-3, args.compile)
+    train_step = TrainStep(model, params, device, args.compile_mode)
     x = torch.randint(0, vocab, (args.batch, args.ctx), device=device)
     y = torch.randint(0, vocab, (args.batch, args.ctx), device=device)
 
