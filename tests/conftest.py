@@ -84,6 +84,14 @@ def run_stage_process(name: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(stage_command(name), cwd=cwd, capture_output=True, text=True)
 
 
+def run_stage_ok(name: str, cwd: Path, nproc: int = 1):
+    """Run a stage and require exit 0: in this process with one process, else as a real one
+    (several go through torchrun)."""
+    proc = run_stage(name, cwd) if nproc == 1 else run_stage_process(name, cwd)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
 def scratch_inputs(work: Path) -> Path:
     """A new folder `work` holding params.yaml and the bundled data, without stage outputs:
     the stage scripts run there as in the repo."""

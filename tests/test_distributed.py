@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_stage, run_stage_process, scratch_inputs, set_params
+from conftest import run_stage_ok, scratch_inputs, set_params
 
 from xinslm.batches import BlockBatches, ShuffledIndices
 from xinslm.checkpoint import load_checkpoint, model_from_checkpoint
@@ -28,13 +28,6 @@ TINY = {
 COMMON = {"eval_batches": 2, "checkpoint_every": 5, "device": "cpu", "optimizer": "muon"}
 
 
-def ok(name: str, cwd: Path, nproc: int = 1):
-    """Run a stage: in this process with one process, else as a real one (torchrun)."""
-    proc = run_stage(name, cwd) if nproc == 1 else run_stage_process(name, cwd)
-    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Prepared data, then pretrain + sft twice: one process with batches of 8 (sft: 4, two
@@ -45,7 +38,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     for section, values in TINY.items():
         set_params(prepared, section, **values, **(COMMON if section != "model" else {}))
     for stage in ("tokenize-text", "pack", "render-chat"):
-        ok(stage, prepared)
+        run_stage_ok(stage, prepared)
     out = {}
     for name, nproc in (("single", 1), ("ddp", 2)):
         work = base / name
@@ -53,7 +46,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         set_params(work, "pretrain", nproc=nproc, batch_size=8 // nproc)
         set_params(work, "sft", nproc=nproc, batch_size=4 // nproc, grad_accum=2)
         for stage in ("pretrain", "sft"):
-            proc = ok(stage, work, nproc)
+            proc = run_stage_ok(stage, work, nproc)
             (work / f"{stage}.stdout").write_text(proc.stdout)
         out[name] = work
     return out
@@ -115,7 +108,7 @@ def test_sigterm_under_torchrun_saves_and_the_rerun_ends_as_an_uninterrupted_run
     (reference / "checkpoints" / "base.pt").unlink()
     stopped = reference.parent / "sigterm-stopped"
     shutil.copytree(reference, stopped)
-    ok("pretrain", reference, nproc=2)
+    run_stage_ok("pretrain", reference, nproc=2)
 
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "stages" / "pretrain.py")],
@@ -138,7 +131,7 @@ def test_sigterm_under_torchrun_saves_and_the_rerun_ends_as_an_uninterrupted_run
     step = torch.load(resume, weights_only=False)["step"]
     assert 50 <= step < 200 and step % 5 == 0  # at a log point, where they agree
 
-    rerun = ok("pretrain", stopped, nproc=2)
+    rerun = run_stage_ok("pretrain", stopped, nproc=2)
     assert f"resuming from checkpoints/resume/pretrain.pt at step {step}" in rerun.stdout
     first = load_checkpoint(reference / "checkpoints" / "base.pt")
     second = load_checkpoint(stopped / "checkpoints" / "base.pt")

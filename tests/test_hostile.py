@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, run_stage, run_stage_process, set_params
+from conftest import REPO, run_stage, run_stage_ok, run_stage_process, set_params
 
 GOOD_CHAT = (
     '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
@@ -37,12 +37,6 @@ OUTPUTS = {
 }
 
 
-def ok(stage: str, work: Path):
-    proc = run_stage(stage, work)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """A folder laid out like the repo, with good small inputs already tokenized, packed and
@@ -56,7 +50,7 @@ def prepared(tmp_path_factory) -> Path:
     set_params(work, "model", **TINY_MODEL)
     set_params(work, "pretrain", max_steps=2)
     for stage in ("tokenize-text", "pack", "render-chat", "pretrain"):
-        ok(stage, work)
+        run_stage_ok(stage, work)
     return work
 
 
@@ -110,7 +104,7 @@ def remove(path: str) -> Callable[[Path], None]:
 def tokenized(text: bytes) -> Callable[[Path], None]:
     def setup(work: Path) -> None:
         (work / TEXT).write_bytes(text)
-        ok("tokenize-text", work)
+        run_stage_ok("tokenize-text", work)
 
     return setup
 
@@ -444,7 +438,7 @@ def test_missing_key_fails_naming_it(workdir: Path, key: str, stage: str) -> Non
 def test_bad_chat_record_skipped_when_asked(workdir: Path) -> None:
     (workdir / CHAT).write_text(GOOD_CHAT * 2 + "not json\n" + GOOD_CHAT * 7)
     set_params(workdir, "chat", on_error="skip")
-    proc = ok("render-chat", workdir)
+    proc = run_stage_ok("render-chat", workdir)
     assert "render-chat: 9 train and 2 val conversations" in proc.stdout
     assert "(1 skipped, 0 truncated, 0 dropped)" in proc.stdout
     assert f"skipped {CHAT}:3: malformed JSON" in proc.stdout
@@ -453,6 +447,6 @@ def test_bad_chat_record_skipped_when_asked(workdir: Path) -> None:
 def test_bad_utf8_replaced_when_asked(workdir: Path) -> None:
     (workdir / TEXT).write_bytes(b"ok line\n" * 10 + b"bad \xff byte\n")
     set_params(workdir, "text", utf8_errors="replace")
-    ok("tokenize-text", workdir)
+    run_stage_ok("tokenize-text", workdir)
     ids = np.fromfile(workdir / "data" / "tokens" / "train.bin", dtype=np.uint16)
     assert bytes(ids[1:].astype(np.uint8)).endswith("bad \ufffd byte\n".encode())

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_stage, scratch_inputs, set_params, stage_command
+from conftest import run_stage, run_stage_ok, scratch_inputs, set_params, stage_command
 
 from xinslm import resume
 from xinslm.train_state import TrainState
@@ -55,12 +55,6 @@ class Killed(BaseException):
     """Stands for the machine dying: nothing in the stage catches it, nothing is saved."""
 
 
-def ok(stage: str, work: Path):
-    proc = run_stage(stage, work)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """Tokenized, packed and rendered bundled data, tiny params, and an uninterrupted run of
@@ -69,7 +63,7 @@ def prepared(tmp_path_factory) -> Path:
     for section, values in TINY.items():
         set_params(work, section, **values)
     for stage in ("tokenize-text", "pack", "render-chat", "pretrain", "sft"):
-        ok(stage, work)
+        run_stage_ok(stage, work)
     assert not list((work / "checkpoints" / "resume").glob("*.pt"))  # removed when complete
     return work
 
@@ -127,7 +121,7 @@ def test_killed_run_resumes_from_its_last_checkpoint_and_ends_bitwise_identical(
     assert saved["step"] == (killed_at - 1) // 10 * 10
     assert not (work / OUT[stage]).exists()
 
-    rerun = ok(stage, work)
+    rerun = run_stage_ok(stage, work)
     assert f"{stage}: resuming from {RESUME[stage]} at step {saved['step']}\n" in rerun.stdout
     assert not (work / RESUME[stage]).exists()  # a completed run removes it
     assert_same_final_checkpoint(work / OUT[stage], prepared / OUT[stage])
@@ -142,6 +136,7 @@ def test_sigterm_or_ctrl_c_saves_at_the_step_and_the_rerun_ends_identical(
     prepared: Path, signum: signal.Signals, monkeypatch
 ) -> None:
     work = fresh_copy(prepared, f"stop-{signum.name}", "pretrain")
+    handlers = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
     at_step(monkeypatch, 23, lambda state: os.kill(os.getpid(), signum))
     stopped = run_stage("pretrain", work)
     monkeypatch.undo()
@@ -152,9 +147,9 @@ def test_sigterm_or_ctrl_c_saves_at_the_step_and_the_rerun_ends_identical(
     )
     assert torch.load(work / RESUME["pretrain"], weights_only=True)["step"] == 23
     assert not (work / OUT["pretrain"]).exists()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
+    assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] == handlers  # put back
 
-    ok("pretrain", work)
+    run_stage_ok("pretrain", work)
     assert_same_final_checkpoint(work / OUT["pretrain"], prepared / OUT["pretrain"])
     assert_same_curves(work, prepared, "pretrain")
 
@@ -165,7 +160,7 @@ def test_sigkill_of_the_stage_process_then_rerun_ends_bitwise_identical(prepared
     set_params(work, "pretrain", max_steps=400)  # long enough to be killed while it runs
     reference = prepared.parent / "sigkill-reference"
     shutil.copytree(work, reference)
-    ok("pretrain", reference)
+    run_stage_ok("pretrain", reference)
 
     proc = subprocess.Popen(stage_command("pretrain"), cwd=work, stdout=subprocess.DEVNULL)
     saved = work / RESUME["pretrain"]
@@ -206,7 +201,7 @@ def test_a_run_with_other_settings_starts_over_and_says_so(
         run_stage("pretrain", work)
     monkeypatch.undo()
     set_params(work, section, **change)
-    rerun = ok("pretrain", work)
+    rerun = run_stage_ok("pretrain", work)
     resume_path = RESUME["pretrain"]
     assert (
         f"pretrain: {resume_path} is from a run with other settings ({named}); starting over "
@@ -218,7 +213,7 @@ def test_a_run_with_other_settings_starts_over_and_says_so(
     clean = prepared.parent / f"{name}-clean"
     shutil.copytree(prepared, clean)
     set_params(clean, section, **change)
-    ok("pretrain", clean)
+    run_stage_ok("pretrain", clean)
     assert (work / OUT["pretrain"]).read_bytes() == (clean / OUT["pretrain"]).read_bytes()
 
 
@@ -229,9 +224,9 @@ def test_other_data_or_other_code_starts_over(prepared: Path, monkeypatch) -> No
         run_stage("pretrain", work)
     monkeypatch.undo()
     (work / "data" / "example_data_text.txt").write_text("Other text entirely.\n" * 2000)
-    ok("tokenize-text", work)
-    ok("pack", work)
-    rerun = ok("pretrain", work)
+    run_stage_ok("tokenize-text", work)
+    run_stage_ok("pack", work)
+    rerun = run_stage_ok("pretrain", work)
     assert f"{RESUME['pretrain']} is from a run with other settings (data." in rerun.stdout
 
     work = fresh_copy(prepared, "other-code", "pretrain")
@@ -240,7 +235,7 @@ def test_other_data_or_other_code_starts_over(prepared: Path, monkeypatch) -> No
         run_stage("pretrain", work)
     monkeypatch.undo()
     monkeypatch.setattr(resume, "code_fingerprint", lambda: "edited")
-    rerun = ok("pretrain", work)
+    rerun = run_stage_ok("pretrain", work)
     assert re.search(r"other settings \(code: '\w+' then, 'edited' now\); starting", rerun.stdout)
 
 
@@ -253,7 +248,7 @@ def test_a_stale_checkpoint_of_the_same_settings_is_resumed(prepared: Path, monk
         run_stage("pretrain", work)
     monkeypatch.undo()
     shutil.copy(prepared / OUT["pretrain"], work / OUT["pretrain"])  # the run-cache restore
-    ok("pretrain", work)
+    run_stage_ok("pretrain", work)
     assert_same_final_checkpoint(work / OUT["pretrain"], prepared / OUT["pretrain"])
 
 

@@ -51,8 +51,9 @@ class Guard:
     `after_step(state)` after each, `finish()` when the run is complete. Without a path
     there are no resume checkpoints, and SIGTERM and Ctrl-C act as they always do."""
 
-    def __init__(self, job: TrainJob, identity: dict) -> None:
-        self.name, self.params, self.identity = job.name, job.params, identity
+    def __init__(self, job: TrainJob, model_config: dict) -> None:
+        self.name, self.params = job.name, job.params
+        self.identity = run_identity(job, model_config)
         self.path = Path(job.resume_path) if job.resume_path is not None else None
         self.extra = job.checkpoint_extra  # the tokenizer, so the file loads as a checkpoint
         self.world = distributed.current()
@@ -119,8 +120,7 @@ class Guard:
             # every step would wait for the GPUs every step); torchrun passes SIGTERM to
             # them all and allows 30 s before it kills them.
             at_log_point = state.step % self.params.log_every == 0
-            device = next(state.model.parameters()).device
-            stopping = at_log_point and distributed.any_rank(stopping, device)
+            stopping = at_log_point and distributed.any_rank(stopping, state.window.device)
         every = self.params.checkpoint_every
         if stopping or (every and state.step % every == 0):
             self.save(state)
@@ -163,16 +163,16 @@ class Guard:
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def run_identity(name: str, model_config: dict, params, data: dict) -> dict:
+def run_identity(job: TrainJob, model_config: dict) -> dict:
     """What makes two runs the same run: the stage, the model, every param that shapes the
     weights, the data, the code and the number of processes."""
-    settings = {k: v for k, v in asdict(params).items() if k not in FREE_PARAMS}
+    settings = {k: v for k, v in asdict(job.params).items() if k not in FREE_PARAMS}
     return {
         "format": FORMAT,
-        "stage": name,
+        "stage": job.name,
         "model": model_config,
         "params": settings,
-        "data": data,
+        "data": job.data,
         "code": code_fingerprint(),
         "processes": distributed.current().size,
     }

@@ -26,7 +26,7 @@ from xinslm.device import pick_device, setup_device
 from xinslm.losses import loss_sums
 from xinslm.model import NanoChatModel
 from xinslm.optim import lr_scale
-from xinslm.resume import Guard, run_identity
+from xinslm.resume import Guard
 from xinslm.step import TrainStep
 from xinslm.train_log import TrainLog, open_log
 from xinslm.train_state import TrainState, weights
@@ -63,16 +63,14 @@ def train_loop(
     device = distributed.init(world, pick_device(p.device), job.name)
     setup_device(device)
     train_step = TrainStep(model.to(device), p, device)
-    if device.type == "cuda":
-        batches = Prefetcher(batches, device)  # the next batch made while a step runs
-    state = TrainState(model, train_step.optimizers, batches, p.log_every)
     log = log or open_log(job.name, job.live_dir, world.main)
-    identity = run_identity(job.name, model.config.to_dict(), p, job.data)
     with contextlib.ExitStack() as stack:
         stack.callback(distributed.close)
-        stack.callback(getattr(batches, "close", lambda: None))
+        if device.type == "cuda":  # the next batch made while a step runs
+            batches = stack.enter_context(Prefetcher(batches, device))
+        state = TrainState(model, train_step.optimizers, batches, p.log_every)
         stack.callback(log.close)
-        guard = stack.enter_context(Guard(job, identity))
+        guard = stack.enter_context(Guard(job, model.config.to_dict()))
         guard.resume(state)
         log.start(state, p.max_steps)
         start = window_start = time.perf_counter()

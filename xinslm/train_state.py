@@ -99,12 +99,8 @@ class TrainState:
         self.batches.load_state_dict(state["data"])
         self.step = state["step"]
         loop = state["loop"]
-        self.train_loss, self.val_loss, self.tokens = (
-            loop["train_loss"],
-            loop["val_loss"],
-            loop["tokens"],
-        )
-        self.history = loop["history"]
+        self.train_loss, self.val_loss = loop["train_loss"], loop["val_loss"]
+        self.tokens, self.history = loop["tokens"], loop["history"]
         self.window = loop["window"].to(self.window.device)
         self.window_steps = loop["window_steps"]
 
