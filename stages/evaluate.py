@@ -15,9 +15,11 @@ from xinslm.batches import ChatData
 from xinslm.checkpoint import load_checkpoint, model_from_checkpoint
 from xinslm.config import load_params
 from xinslm.device import pick_device
+from xinslm.engine import Engine
 from xinslm.errors import XinslmError, run_main
-from xinslm.generate import Sampling, chat_reply, continuation
+from xinslm.generate import chat_replies, continuations
 from xinslm.losses import assistant_loss, text_loss_and_bpb
+from xinslm.sampling import Sampling
 from xinslm.tokenizer import tokenizer_for
 
 BASE, CHAT, BLOCKS, CHATS = "checkpoints/base.pt", "checkpoints/chat.pt", "data/blocks", "data/chat"
@@ -50,17 +52,22 @@ def main() -> None:
         metrics[name] = {"val_bpb": text["val_bpb"], "val_loss": text["val_loss"]}
         if name == "base":
             metrics["tokenizer"] = {"val_bytes_per_token": text["bytes"] / text["tokens"]}
-            for prompt in ev.base_prompts:
-                reply = continuation(model, tokenizer, prompt, sampling)
-                samples["base"].append({"prompt": prompt, "continuation": reply})
+            engine = Engine(model, max_batch=len(ev.base_prompts) or 1)
+            replies = continuations(engine, tokenizer, ev.base_prompts, sampling)
+            samples["base"] = [
+                {"prompt": p, "continuation": r}
+                for p, r in zip(ev.base_prompts, replies, strict=True)
+            ]
         else:
             metrics[name]["assistant_val_loss"] = assistant_loss(
                 model, val_chats, ev.batch_size, device
             )
-            for prompt in ev.prompts:
-                conversation = [{"role": "user", "content": prompt}]
-                reply = chat_reply(model, tokenizer, conversation, sampling)
-                samples["chat"].append({"prompt": prompt, "reply": reply})
+            conversations = [[{"role": "user", "content": p}] for p in ev.prompts]
+            engine = Engine(model, max_batch=len(ev.prompts) or 1)
+            replies = chat_replies(engine, tokenizer, conversations, sampling)
+            samples["chat"] = [
+                {"prompt": p, "reply": r} for p, r in zip(ev.prompts, replies, strict=True)
+            ]
 
     write_json(METRICS, metrics)
     write_json(SAMPLES, samples)

@@ -11,9 +11,10 @@ import pytest
 import torch
 from conftest import conversation_example, tiny_config, train_on
 
-from xinslm import cli, generate
+from xinslm import cli
 from xinslm.chat_template import render_conversation, render_prompt
 from xinslm.checkpoint import save_checkpoint
+from xinslm.engine import Engine
 from xinslm.model import IGNORE_INDEX, NanoChatModel
 from xinslm.tokenizer import ByteTokenizer
 
@@ -54,13 +55,13 @@ def test_one_shot_answer_stops_at_end_of_turn(parrot: str, capsys) -> None:
 
 def test_interactive_chat_keeps_history_and_resets(parrot: str, capsys, monkeypatch) -> None:
     prompts = []
-    real_generate = generate.generate
+    real_add = Engine.add
 
-    def recording_generate(model, prompt, *args, **kwargs):
+    def recording_add(engine, prompt, *args, **kwargs):
         prompts.append(BYTE.decode(prompt))
-        return real_generate(model, prompt, *args, **kwargs)
+        return real_add(engine, prompt, *args, **kwargs)
 
-    monkeypatch.setattr(generate, "generate", recording_generate)
+    monkeypatch.setattr(Engine, "add", recording_add)
     monkeypatch.setattr(sys, "stdin", io.StringIO("hi\nhi\n/reset\nhi\n/exit\n"))
     cli.main(["chat", "--checkpoint", parrot, *GREEDY])
 

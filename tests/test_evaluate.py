@@ -12,14 +12,24 @@ from conftest import conversation_example, render_chat_files, tiny_config, train
 
 from xinslm.batches import ChatData, val_chat_batches
 from xinslm.chat_template import render_prompt
-from xinslm.generate import Sampling, chat_reply, continuation, generate
+from xinslm.engine import Engine
+from xinslm.generate import chat_replies, continuations, generate
 from xinslm.losses import assistant_loss, loss_sums, text_loss_and_bpb
 from xinslm.model import IGNORE_INDEX, ModelConfig, NanoChatModel
+from xinslm.sampling import Sampling
 from xinslm.tokenizer import ByteTokenizer
 
 
 def greedy(max_new_tokens: int = 200) -> Sampling:
     return Sampling(max_new_tokens=max_new_tokens, temperature=0)
+
+
+def chat_reply(model, tokenizer, conversation, sampling):
+    return chat_replies(Engine(model, max_batch=1), tokenizer, [conversation], sampling)[0]
+
+
+def continuation(model, tokenizer, text, sampling):
+    return continuations(Engine(model, max_batch=1), tokenizer, [text], sampling)[0]
 
 
 CPU = torch.device("cpu")

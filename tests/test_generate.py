@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from xinslm.errors import XinslmError
-from xinslm.generate import Sampling, generate, sample_next
+from xinslm.generate import generate
 from xinslm.model import KVCache, ModelConfig, NanoChatModel
+from xinslm.sampling import Sampling, sample_next
 
 CONFIG = dict(vocab_size=261, context_len=128, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)
 PROMPT = [256, 72, 101, 108, 108, 111, 44, 32, 119, 111]  # BOS "Hello, wo"
@@ -144,7 +145,8 @@ def test_empty_prompt_is_refused():
 
 def test_max_new_tokens_is_honoured():
     model = context_model()
-    assert greedy(model, n=0) == []
+    with pytest.raises(XinslmError, match="max_new_tokens must be at least 1, got 0"):
+        greedy(model, n=0)
     assert len(greedy(model, n=7)) == 7
     assert greedy(model, n=7) == greedy(model, n=40)[:7]
 

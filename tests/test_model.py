@@ -78,7 +78,7 @@ def test_attention_matches_repeated_kv_reference(n_kv_head):
     torch.manual_seed(0)
     attn = CausalSelfAttention(ModelConfig(**{**TINY, "n_kv_head": n_kv_head}))
     x = torch.randn(2, 9, 64)
-    cos, sin = rotary_tables(9, 16, 10000.0)
+    cos, sin = (t[None] for t in rotary_tables(9, 16, 10000.0))  # (1, T, D / 2)
     with torch.no_grad():
         got = attn(x, cos, sin)
         want = reference_attention(attn, x, cos, sin)

@@ -17,29 +17,33 @@ from xinslm.errors import XinslmError, run_main
 HELP_LINE = "/reset clears the conversation, /exit (or Ctrl-D) quits"
 
 
-def _load(path: str, encodings_dir: str):
+def _load(args: argparse.Namespace):
+    """The checkpoint, an engine over its model on args.device, and its tokenizer."""
     from xinslm.checkpoint import load_checkpoint, model_from_checkpoint
+    from xinslm.device import pick_device
+    from xinslm.engine import Engine
     from xinslm.tokenizer import tokenizer_for
 
-    ckpt = load_checkpoint(path)
-    return ckpt, model_from_checkpoint(ckpt), tokenizer_for(ckpt["tokenizer"], path, encodings_dir)
+    ckpt = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt).to(pick_device(args.device))
+    tokenizer = tokenizer_for(ckpt["tokenizer"], args.checkpoint, args.encodings_dir)
+    return ckpt, Engine(model, max_batch=1), tokenizer
 
 
-def _stream(model, tokenizer, prompt_ids: list[int], args, stop_id: int) -> str:
+def _stream(engine, tokenizer, prompt_ids: list[int], args, stop_id: int) -> str:
     """Generate after prompt_ids, printing text as it comes; return all of it."""
-    from xinslm import generate
+    from xinslm.sampling import Sampling
 
     new: list[int] = []
     printed = ""
-    sampling = generate.Sampling(
+    sampling = Sampling(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
     )
-    tokens = generate.generate(model, prompt_ids, sampling, stop_id=stop_id)
-    for token in tokens:
+    for token in engine.generate(prompt_ids, sampling, {stop_id}):
         new.append(token)
         text = tokenizer.decode(new)
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
@@ -69,15 +73,15 @@ def _fit_history(conversation: list[dict], tokenizer, context_len: int, room: in
 def cmd_chat(args: argparse.Namespace) -> None:
     from xinslm.chat_template import render_prompt
 
-    ckpt, model, tokenizer = _load(args.checkpoint, args.encodings_dir)
-    context_len = model.config.context_len
+    ckpt, engine, tokenizer = _load(args)
+    context_len = engine.config.context_len
     room = min(args.max_new_tokens, context_len // 2)
     system = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt is not None:
         conversation = _fit_history(
             [*system, {"role": "user", "content": args.prompt}], tokenizer, context_len, room
         )
-        _stream(model, tokenizer, render_prompt(conversation, tokenizer), args, tokenizer.end_id)
+        _stream(engine, tokenizer, render_prompt(conversation, tokenizer), args, tokenizer.end_id)
         return
 
     print(f"xinslm chat with {args.checkpoint} (step {ckpt['step']}); {HELP_LINE}")
@@ -101,15 +105,15 @@ def cmd_chat(args: argparse.Namespace) -> None:
         conversation = _fit_history(conversation, tokenizer, context_len, room)
         sys.stdout.write("assistant> ")
         prompt = render_prompt(conversation, tokenizer)
-        reply = _stream(model, tokenizer, prompt, args, tokenizer.end_id)
+        reply = _stream(engine, tokenizer, prompt, args, tokenizer.end_id)
         conversation.append({"role": "assistant", "content": reply})
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    _, model, tokenizer = _load(args.checkpoint, args.encodings_dir)
+    _, engine, tokenizer = _load(args)
     prompt_ids = [tokenizer.bos_id, *tokenizer.encode(args.prompt)]
     sys.stdout.write(args.prompt)
-    _stream(model, tokenizer, prompt_ids, args, stop_id=tokenizer.bos_id)
+    _stream(engine, tokenizer, prompt_ids, args, stop_id=tokenizer.bos_id)
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -129,6 +133,11 @@ def _sampling_args(p: argparse.ArgumentParser, default_checkpoint: str) -> None:
     p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda when present, else cpu), cpu, cuda, cuda:N or mps",
+    )
     p.add_argument(
         "--encodings-dir",
         default="../shared/data/tiktoken",

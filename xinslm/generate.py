@@ -1,61 +1,27 @@
-"""Sampling from a trained model: temperature, top-k, top-p, a seed, a stop token, KV cache;
-a chat reply and a text continuation.
+"""Generation from a trained model: the reference generator of one sequence, and a chat reply
+and a text continuation through the engine.
 
-With the cache (the default) the prompt is fed through the model once and each new token
-costs one position; `use_cache=False` recomputes the whole sequence at every step, which
-gives the same tokens (the tests check it) and is kept as the reference.
+`generate` is the plainest correct decoder, kept as the reference the engine (engine.py) is
+tested against: one sequence, torch's generator, a KV cache in the model's dtype (the prompt
+fed once, then one position per token), or with `use_cache=False` the whole sequence
+recomputed at every step (the tests check that both give the same tokens).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from xinslm.chat_template import render_prompt
+from xinslm.engine import Engine
 from xinslm.errors import XinslmError
 from xinslm.model import KVCache, NanoChatModel
+from xinslm.sampling import Sampling, sample_next
 
 if TYPE_CHECKING:
     from xinslm.tokenizer import Tokenizer
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How the next tokens are picked: at most max_new_tokens of them, each sampled at
-    `temperature` (0: the likeliest, greedy) among the top_k likeliest and the fewest whose
-    probabilities sum to top_p (None: no such cut), from a generator seeded with `seed`."""
-
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int | None = 50
-    top_p: float | None = None
-    seed: int = 0
-
-
-def sample_next(
-    logits: torch.Tensor,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    generator: torch.Generator,
-) -> int:
-    """Pick the next token id from last-position logits (vocab,); temperature 0 is greedy."""
-    if temperature == 0:
-        return int(logits.argmax())
-    logits = logits.float() / temperature
-    if top_k is not None and 0 < top_k < logits.numel():
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if top_p is not None and top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        # Drop a token once the likelier ones before it already cover top_p (keep at least one).
-        drop = sorted_probs.cumsum(0) - sorted_probs >= top_p
-        probs = probs.scatter(0, order, sorted_probs.masked_fill(drop, 0.0))
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 @torch.no_grad()
@@ -77,7 +43,8 @@ def generate(
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(sampling.seed)
     ids = torch.tensor([prompt], dtype=torch.long, device=device)
-    cache = KVCache(model.config, 1, device) if use_cache else None
+    dtype = next(model.parameters()).dtype
+    cache = KVCache(model.config, 1, device, dtype) if use_cache else None
     logits, _ = model(ids, cache=cache)
     steps = min(sampling.max_new_tokens, context_len - len(prompt))
     s = sampling
@@ -93,15 +60,20 @@ def generate(
         logits, _ = model(new, cache=cache) if use_cache else model(ids)
 
 
-def chat_reply(
-    model: NanoChatModel, tokenizer: Tokenizer, conversation: list[dict], sampling: Sampling
-) -> str:
-    """The model's next assistant message after `conversation` (which ends with a user turn)."""
-    prompt = render_prompt(conversation, tokenizer)
-    return tokenizer.decode(list(generate(model, prompt, sampling, stop_id=tokenizer.end_id)))
+def chat_replies(
+    engine: Engine, tokenizer: Tokenizer, conversations: list[list[dict]], sampling: Sampling
+) -> list[str]:
+    """The model's next assistant message after each conversation (each ends with a user
+    turn), decoded together."""
+    prompts = [render_prompt(conversation, tokenizer) for conversation in conversations]
+    replies = engine.generate_many(prompts, [sampling] * len(prompts), {tokenizer.end_id})
+    return [tokenizer.decode(ids) for ids in replies]
 
 
-def continuation(model: NanoChatModel, tokenizer: Tokenizer, text: str, sampling: Sampling) -> str:
-    """The model's continuation of `text`, as a document that starts with BOS."""
-    prompt = [tokenizer.bos_id, *tokenizer.encode(text)]
-    return tokenizer.decode(list(generate(model, prompt, sampling, stop_id=tokenizer.bos_id)))
+def continuations(
+    engine: Engine, tokenizer: Tokenizer, texts: list[str], sampling: Sampling
+) -> list[str]:
+    """The model's continuation of each text, as a document that starts with BOS."""
+    prompts = [[tokenizer.bos_id, *tokenizer.encode(text)] for text in texts]
+    replies = engine.generate_many(prompts, [sampling] * len(prompts), {tokenizer.bos_id})
+    return [tokenizer.decode(ids) for ids in replies]

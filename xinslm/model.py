@@ -64,17 +64,21 @@ def rotary_tables(
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (i, i + d/2) of x (B, T, H, D) by position-dependent angles."""
+    """Rotate channel pairs (i, i + d/2) of x (B, T, H, D) by position-dependent angles;
+    cos and sin are (B or 1, T, D / 2), the angles at each row's positions."""
     d = x.shape[-1] // 2
     x1, x2 = x[..., :d], x[..., d:]
-    cos, sin = cos[None, :, None, :].to(x.dtype), sin[None, :, None, :].to(x.dtype)
+    cos, sin = cos[:, :, None, :].to(x.dtype), sin[:, :, None, :].to(x.dtype)
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, so that generation feeds
     only the new token through the model: prefill the prompt once, then one token per step.
-    Keys are stored after RoPE, at their absolute positions, with n_kv_head heads (GQA)."""
+    Keys are stored after RoPE, at their absolute positions, with n_kv_head heads (GQA).
+    Every row is at the same position; the inference engine (engine.py) has a cache whose
+    rows each have their own. Both offer what the model asks of a cache: `positions`,
+    `attend` and `advance`."""
 
     def __init__(self, config: ModelConfig, batch_size: int, device, dtype=torch.float32):
         head_dim = config.n_embd // config.n_head
@@ -83,14 +87,38 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.pos = 0  # tokens already in the cache
 
-    def update(
-        self, layer: int, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this layer's new k, v (B, H_kv, T, D); return all of them so far."""
-        end = self.pos + k.shape[2]
-        self.k[layer, :, :, self.pos : end] = k
-        self.v[layer, :, :, self.pos : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+    @classmethod
+    def over(cls, k: torch.Tensor, v: torch.Tensor) -> KVCache:
+        """An empty cache that writes into k and v (L, B, H_kv, context_len, D), e.g. views
+        of some rows of a larger cache."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v, cache.pos = k, v, 0
+        return cache
+
+    def positions(self, T: int) -> torch.Tensor:
+        """The positions (1, T) of T new tokens."""
+        if self.pos + T > self.k.shape[3]:
+            raise ValueError(
+                f"sequence of {self.pos + T} tokens exceeds context_len {self.k.shape[3]}"
+            )
+        return torch.arange(self.pos, self.pos + T, device=self.k.device)[None]
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Store this layer's new k, v (B, H_kv, T, D) and attend the new queries q (B, H, T, D)
+        to every cached key and to the new keys up to their own."""
+        past, T = self.pos, k.shape[2]
+        self.k[layer, :, :, past : past + T] = k
+        self.v[layer, :, :, past : past + T] = v
+        k, v = self.k[layer, :, :, : past + T], self.v[layer, :, :, : past + T]
+        mask = None
+        if past > 0 and T > 1:
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(past)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=past == 0, enable_gqa=k.shape[1] != q.shape[1]
+        )
+
+    def advance(self, T: int) -> None:
+        self.pos += T
 
 
 class CausalSelfAttention(nn.Module):
@@ -114,25 +142,18 @@ class CausalSelfAttention(nn.Module):
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
-        mask, causal = None, True
         if cache is not None:
-            past = cache.pos
-            k, v = cache.update(self.layer, k, v)
-            if past > 0:  # new queries see every cached key and the new keys up to their own
-                causal = False
-                if T > 1:
-                    mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device)
-                    mask = mask.tril(diagonal=past)
-        # enable_gqa lets each group of query heads read its shared k/v head without copies.
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=causal,
-            enable_gqa=self.n_kv_head != self.n_head,
-        )
+            y = cache.attend(self.layer, q, k, v)
+        else:
+            # enable_gqa lets each group of query heads read its shared k/v head without copies.
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=True,
+                enable_gqa=self.n_kv_head != self.n_head,
+            )
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -203,19 +224,22 @@ class NanoChatModel(nn.Module):
         cross-entropy over the targets that are not IGNORE_INDEX (-100). Training never returns
         the float32 logits, so a compiled model fuses softcap and cross-entropy instead of
         writing B * T * vocab floats to memory (8.6 GB a step for d12 at vocab 65,536).
-        With a cache, input_ids continue the cached tokens."""
+        With a cache, input_ids continue the cached tokens (at the cache's positions)."""
         T = input_ids.shape[1]
-        start = cache.pos if cache is not None else 0
-        if start + T > self.config.context_len:
-            raise ValueError(
-                f"sequence of {start + T} tokens exceeds context_len {self.config.context_len}"
-            )
+        if cache is None:
+            if T > self.config.context_len:
+                raise ValueError(
+                    f"sequence of {T} tokens exceeds context_len {self.config.context_len}"
+                )
+            cos, sin = self.cos[None, :T], self.sin[None, :T]
+        else:
+            positions = cache.positions(T)
+            cos, sin = self.cos[positions], self.sin[positions]
         x = norm(self.wte(input_ids))
-        cos, sin = self.cos[start : start + T], self.sin[start : start + T]
         for block in self.blocks:
             x = block(x, cos, sin, cache)
         if cache is not None:
-            cache.pos += T
+            cache.advance(T)
         logits = self.lm_head(norm(x)).float()
         cap = self.config.logit_softcap
         logits = cap * torch.tanh(logits / cap)

@@ -1,0 +1,279 @@
+"""The inference engine: many sequences decoded together, each with its own prompt, sampling
+settings, seed, stop tokens and length limit, joining and leaving between steps (continuous
+batching).
+
+- The KV cache is allocated once, in the model's dtype (bfloat16 on CUDA): a row per
+  sequence, the whole context long. Live sequences hold rows 0..n-1; when one leaves, the
+  last one moves into its row, so a step only touches the first n rows.
+- A new sequence's prompt goes through the model in one prefill pass that fills its row
+  and gives its first token.
+- A decode step feeds every live sequence's last token at that sequence's own position and
+  samples the next ones on the device (sampling.sample_rows). Its inputs and outputs live in
+  fixed device tensors, so on CUDA it is compiled and recorded once per (batch, length)
+  bucket as a CUDA graph and then replayed: one launch per step, and one read of the new
+  tokens per step for the whole batch, whatever the number of sequences.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from xinslm.errors import XinslmError
+from xinslm.model import KVCache, NanoChatModel
+from xinslm.sampling import Sampling, sample_rows
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request: its prompt and settings, the tokens it got so far, and why it ended
+    ("stop": a stop token, "length": max_new_tokens or the context, "cancelled")."""
+
+    prompt: list[int]
+    sampling: Sampling
+    stop_ids: frozenset[int] = frozenset()
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    cancelled: bool = False  # set from any thread; the engine drops it at its next step
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+
+class RowCache:
+    """The engine's cache as the model sees it in a decode step: row b's new token goes to
+    position pos[b] and attends to keys 0..pos[b]; only the first `length` positions are
+    read. Same protocol as model.KVCache (positions, attend, advance)."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, length: int):
+        self.k, self.v, self.pos, self.length = k, v, pos, length
+
+    def positions(self, T: int) -> torch.Tensor:
+        return self.pos[:, None]
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        B, H, _, D = q.shape
+        rows = torch.arange(B, device=q.device)
+        self.k[layer][rows, :, self.pos] = k[:, :, 0]
+        self.v[layer][rows, :, self.pos] = v[:, :, 0]
+        keys = self.k[layer, :, :, : self.length]
+        values = self.v[layer, :, :, : self.length]
+        seen = torch.arange(self.length, device=q.device) <= self.pos[:, None]
+        # One query per head: the query heads sharing a k/v head are that head's queries.
+        kv_heads = keys.shape[1]
+        y = F.scaled_dot_product_attention(
+            q.reshape(B, kv_heads, H // kv_heads, D), keys, values, attn_mask=seen[:, None, None]
+        )
+        return y.reshape(B, H, 1, D)
+
+    def advance(self, T: int) -> None:
+        pass  # the engine moves each row's position itself
+
+
+def _bucket(n: int, limit: int, smallest: int = 1) -> int:
+    """The smallest power of two (at least `smallest`) that holds n, capped at limit."""
+    size = smallest
+    while size < n:
+        size *= 2
+    return min(size, limit)
+
+
+class Engine:
+    """Batched generation over one model. Not thread-safe: one thread calls `step` (the
+    server runs it in a worker thread); `add` and `Sequence.cancel` may come from others
+    only through that worker (see serve.py)."""
+
+    def __init__(
+        self,
+        model: NanoChatModel,
+        max_batch: int = 8,
+        dtype: torch.dtype | None = None,
+        graphs: bool | None = None,
+    ) -> None:
+        device = next(model.parameters()).device
+        self.device, self.config, self.max_batch = device, model.config, max_batch
+        self.dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        self.model = _cast(model, self.dtype).eval()
+        c = self.config
+        shape = (c.n_layer, max_batch, c.n_kv_head, c.context_len, c.n_embd // c.n_head)
+        self.k = torch.zeros(shape, dtype=self.dtype, device=device)
+        self.v = torch.zeros(shape, dtype=self.dtype, device=device)
+        rows = torch.zeros(max_batch, dtype=torch.long, device=device)
+        # Each row's state on the device: the next token to feed and its position, tokens
+        # drawn so far, whether the row is live, and its sampling settings.
+        self.token, self.pos, self.drawn = rows.clone(), rows.clone(), rows.clone()
+        self.live = torch.zeros(max_batch, dtype=torch.bool, device=device)
+        self.temperature = torch.zeros(max_batch, device=device)
+        self.top_k, self.seed = rows.clone(), rows.clone()
+        self.top_p = torch.ones(max_batch, device=device)
+        self.rows: list[Sequence] = []  # live sequences; rows[i] holds cache row i
+        self.waiting: deque[Sequence] = deque()
+        self.use_graphs = device.type == "cuda" if graphs is None else graphs
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._decode_fn = torch.compile(self._decode, dynamic=True) if self.use_graphs else None
+
+    # --- the public side -------------------------------------------------------------
+
+    def add(self, prompt: list[int], sampling: Sampling, stop_ids: Iterable[int] = ()):
+        """Queue a sequence; it joins the batch at the next step with a free row."""
+        context_len = self.config.context_len
+        if not prompt:
+            raise XinslmError("empty prompt: give at least one token (e.g. BOS)")
+        if len(prompt) >= context_len:
+            raise XinslmError(f"prompt of {len(prompt)} tokens fills the context ({context_len})")
+        seq = Sequence(list(prompt), sampling, frozenset(stop_ids))
+        self.waiting.append(seq)
+        return seq
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.rows or self.waiting)
+
+    @torch.inference_mode()
+    def step(self) -> list[Sequence]:
+        """Admit waiting sequences into free rows (prefill), then one decode step for every
+        live one. Returns the sequences that got tokens or ended in this step."""
+        touched: dict[int, Sequence] = {}
+        for seq in [s for s in self.rows if s.cancelled]:
+            self._finish(seq, "cancelled")
+            touched[id(seq)] = seq
+        while self.waiting and len(self.rows) < self.max_batch:
+            seq = self.waiting.popleft()
+            touched[id(seq)] = seq
+            if seq.cancelled:
+                seq.finish_reason = "cancelled"
+            else:
+                self._prefill(seq)
+        if self.rows:
+            for seq in self._decode_live():
+                touched[id(seq)] = seq
+        return list(touched.values())
+
+    def generate(
+        self, prompt: list[int], sampling: Sampling, stop_ids: Iterable[int] = ()
+    ) -> Iterator[int]:
+        """Yield one sequence's new tokens as they come (the engine serves only it)."""
+        seq = self.add(prompt, sampling, stop_ids)
+        sent = 0
+        while not (seq.done and sent == len(seq.tokens)):
+            if not seq.done:
+                self.step()
+            yield from seq.tokens[sent:]
+            sent = len(seq.tokens)
+
+    def generate_many(
+        self, prompts: list[list[int]], samplings: list[Sampling], stop_ids: Iterable[int] = ()
+    ) -> list[list[int]]:
+        """Every prompt's new tokens, decoded together (max_batch at a time)."""
+        stop = frozenset(stop_ids)
+        seqs = [self.add(p, s, stop) for p, s in zip(prompts, samplings, strict=True)]
+        while not all(seq.done for seq in seqs):
+            self.step()
+        return [seq.tokens for seq in seqs]
+
+    # --- rows ------------------------------------------------------------------------
+
+    def _prefill(self, seq: Sequence) -> None:
+        row = len(self.rows)
+        self.rows.append(seq)
+        cache = KVCache.over(self.k[:, row : row + 1], self.v[:, row : row + 1])
+        logits, _ = self.model(torch.tensor([seq.prompt], device=self.device), cache=cache)
+        s = seq.sampling
+        self.temperature[row] = s.temperature
+        self.top_k[row] = s.top_k or self.config.vocab_size
+        self.top_p[row] = s.top_p if s.top_p is not None and s.top_p < 1 else float("inf")
+        self.seed[row], self.drawn[row], self.pos[row] = s.seed, 0, len(seq.prompt)
+        self.live[row] = True
+        here = slice(row, row + 1)
+        first = self._sample(logits[:, -1], here)
+        self.token[here], self.drawn[here] = first, 1
+        self._accept(seq, int(first))
+
+    def _accept(self, seq: Sequence, token: int) -> None:
+        if token in seq.stop_ids:
+            self._finish(seq, "stop")
+            return
+        seq.tokens.append(token)
+        full = len(seq.prompt) + len(seq.tokens) >= self.config.context_len
+        if full or len(seq.tokens) >= seq.sampling.max_new_tokens:
+            self._finish(seq, "length")
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        """End seq and free its row: the last live row moves into it."""
+        seq.finish_reason = reason
+        row, last = self.rows.index(seq), len(self.rows) - 1
+        if row != last:
+            length = int(self.pos[last]) + 1
+            self.k[:, row, :, :length] = self.k[:, last, :, :length]
+            self.v[:, row, :, :length] = self.v[:, last, :, :length]
+            for state in self._row_state():
+                state[row] = state[last]
+            self.rows[row] = self.rows[last]
+        self.rows.pop()
+        self.live[last], self.pos[last] = False, 0
+
+    def _row_state(self) -> tuple[torch.Tensor, ...]:
+        return (self.token, self.pos, self.drawn, self.live, *self._settings())
+
+    def _settings(self) -> tuple[torch.Tensor, ...]:
+        return (self.temperature, self.top_k, self.top_p, self.seed)
+
+    # --- the decode step -------------------------------------------------------------
+
+    def _sample(self, logits: torch.Tensor, rows: slice) -> torch.Tensor:
+        settings = [t[rows] for t in self._settings()]
+        if self.use_graphs or bool((settings[0] > 0).any()):
+            return sample_rows(logits, *settings, self.drawn[rows])
+        return logits.argmax(-1)  # all greedy: skip the sort (a CPU step is mostly overhead)
+
+    def _decode(self, batch: int, length: int) -> None:
+        """Feed each of the first `batch` rows its next token; sample the one after it."""
+        rows = slice(0, batch)
+        cache = RowCache(self.k[:, rows], self.v[:, rows], self.pos[rows], length)
+        logits, _ = self.model(self.token[rows, None], cache=cache)
+        self.token[rows] = self._sample(logits[:, -1], rows)
+        self.pos[rows] += self.live[rows]  # idle rows stay at position 0
+        self.drawn[rows] += 1
+
+    def _decode_live(self) -> list[Sequence]:
+        seqs = list(self.rows)
+        length = max(len(s.prompt) + len(s.tokens) for s in seqs)
+        if self.use_graphs:
+            batch = _bucket(len(seqs), self.max_batch)
+            self._graph(batch, _bucket(length, self.config.context_len, 64)).replay()
+        else:
+            self._decode(len(seqs), length)
+        for seq, token in zip(seqs, self.token[: len(seqs)].tolist(), strict=True):
+            self._accept(seq, token)
+        return seqs
+
+    def _graph(self, batch: int, length: int) -> torch.cuda.CUDAGraph:
+        """The decode step for (batch, length), compiled and recorded on first use."""
+        if (batch, length) not in self._graphs:
+            saved = [t.clone() for t in (self.token, self.pos, self.drawn)]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):  # compiles, and lets lazy initialisation happen off-graph
+                    self._decode_fn(batch, length)
+            torch.cuda.current_stream().wait_stream(side)
+            for t, before in zip((self.token, self.pos, self.drawn), saved, strict=True):
+                t.copy_(before)
+            graph = torch.cuda.CUDAGraph()
+            pool = next(iter(self._graphs.values())).pool() if self._graphs else None
+            with torch.cuda.graph(graph, pool=pool):
+                self._decode_fn(batch, length)
+            self._graphs[(batch, length)] = graph
+        return self._graphs[(batch, length)]
+
+
+def _cast(model: NanoChatModel, dtype: torch.dtype) -> NanoChatModel:
+    """The model's weights in dtype (in place); the rotary tables stay float32."""
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
+    return model

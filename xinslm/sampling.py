@@ -1,0 +1,118 @@
+"""How the next token is picked: the settings (`Sampling`), the one-sequence rule of the
+reference generator (`sample_next`) and the batched rule of the engine (`sample_rows`).
+
+`sample_rows` runs on the device for a whole batch at once, each row with its own settings
+and seed, with no host round trip, so a CUDA graph can hold it. Its randomness is a hash of
+(seed, how many tokens the sequence has drawn, token id) turned into Gumbel noise: the
+argmax of logits / temperature + Gumbel noise is a sample of softmax(logits / temperature).
+So a request's tokens depend on its seed alone, never on which other requests share its
+batch, and the same seed gives the same text alone or in a batch of 64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from xinslm.errors import XinslmError
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next tokens are picked: at most max_new_tokens of them, each sampled at
+    `temperature` (0: the likeliest, greedy) among the top_k likeliest and the fewest whose
+    probabilities sum to top_p (None: no such cut), with randomness from `seed`."""
+
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = 50
+    top_p: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "max_new_tokens": self.max_new_tokens >= 1,
+            "temperature": 0 <= self.temperature <= 100,
+            "top_k": self.top_k is None or self.top_k >= 1,
+            "top_p": self.top_p is None or 0 < self.top_p <= 1,
+        }
+        wants = {
+            "max_new_tokens": "at least 1",
+            "temperature": "between 0 and 100",
+            "top_k": "at least 1",
+            "top_p": "above 0 and at most 1",
+        }
+        for name, ok in checks.items():
+            if not ok:
+                value = getattr(self, name)
+                raise XinslmError(f"{name} must be {wants[name]}, got {value!r}")
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator,
+) -> int:
+    """Pick the next token id from last-position logits (vocab,); temperature 0 is greedy.
+    The reference generator's rule (torch's generator, one sequence)."""
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if top_k is not None and 0 < top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        # Drop a token once the likelier ones before it already cover top_p (keep at least one).
+        drop = sorted_probs.cumsum(0) - sorted_probs >= top_p
+        probs = probs.scatter(0, order, sorted_probs.masked_fill(drop, 0.0))
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (Wellons' lowbias32) on int64 tensors holding values below 2^32;
+    the constants are below 2^31, so no product overflows."""
+    x = x ^ (x >> 16)
+    x = (x * 0x21F0AAAD) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x735A2D97) & _M32
+    return x ^ (x >> 15)
+
+
+def gumbel_noise(seed: torch.Tensor, drawn: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) noise (B, V) for token ids (B, V), a pure function of each row's seed and
+    drawn count (B,) and the token id."""
+    row = _mix32(_mix32(seed & _M32) ^ ((seed >> 32) & _M32))
+    row = _mix32(row ^ (drawn & _M32))
+    bits = _mix32(_mix32(row[:, None] ^ ids) ^ 0x9E3779B9)
+    u = ((bits >> 8).float() + 0.5) / 16777216.0  # 24 bits: uniform in (0, 1), never 0 or 1
+    return -torch.log(-torch.log(u))
+
+
+def sample_rows(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    seed: torch.Tensor,
+    drawn: torch.Tensor,
+) -> torch.Tensor:
+    """The next token id (B,) of each row of logits (B, V), under that row's temperature
+    (0: greedy), top_k (V: no cut), top_p (inf: no cut), seed and drawn count. The same cuts
+    as sample_next: top_k first, then top_p over what top_k kept."""
+    logits = logits.float()
+    greedy = logits.argmax(-1)
+    ordered, order = (logits / temperature.clamp(min=1e-6)[:, None]).sort(-1, descending=True)
+    rank = torch.arange(logits.shape[-1], device=logits.device)
+    ordered = ordered.masked_fill(rank >= top_k[:, None], float("-inf"))
+    probs = ordered.softmax(-1)
+    ordered = ordered.masked_fill(probs.cumsum(-1) - probs >= top_p[:, None], float("-inf"))
+    pick = (ordered + gumbel_noise(seed, drawn, order)).argmax(-1, keepdim=True)
+    return torch.where(temperature > 0, order.gather(-1, pick)[:, 0], greedy)
