@@ -1,6 +1,6 @@
 """Shared helpers: the real data, tokenizers that skip when their files are absent, stage runs
 (in this process, or as a subprocess for the end-to-end cases), scratch copies of the inputs,
-params edits, and tiny models."""
+params edits, tiny models, and `xinslm serve` running in this process."""
 
 from __future__ import annotations
 
@@ -11,8 +11,12 @@ import io
 import os
 import runpy
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,7 @@ from hypothesis import settings
 
 from xinslm.batches import shifted_labels
 from xinslm.chat_template import render_conversation
+from xinslm.checkpoint import save_checkpoint
 from xinslm.config import ChatParams, load_params
 from xinslm.model import ModelConfig
 from xinslm.render_chat import render_chat
@@ -292,3 +297,58 @@ def any_tokenizer(request):
 def dot_entries(directory):
     """Names in `directory` that start with '.': leftovers of an atomic write."""
     return sorted(p.name for p in Path(directory).iterdir() if p.name.startswith("."))
+
+
+# --- the server -----------------------------------------------------------------------------
+
+
+def save_random_chat_checkpoint(path: str | Path, seed: int = 3, context_len: int = 256) -> Path:
+    """A checkpoint of a random-weights model over the byte vocabulary whose output depends on
+    its context (test_generate.context_model): varied bytes, some of them invalid UTF-8, and
+    with seed 3 a reply that sometimes ends with <|end|>. Nothing is trained: it is instant."""
+    from test_generate import context_model
+
+    model = context_model(seed=seed, context_len=context_len)
+    save_checkpoint(
+        path,
+        model=model.state_dict(),
+        model_config=model.config.to_dict(),
+        tokenizer=ByteTokenizer().identity(),
+        step=0,
+    )
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def chat_checkpoint(tmp_path_factory) -> Path:
+    """save_random_chat_checkpoint as .../chat.pt (so the server's model id is "chat")."""
+    return save_random_chat_checkpoint(tmp_path_factory.mktemp("serve") / "chat.pt")
+
+
+@contextlib.contextmanager
+def live_server(checkpoint: str | Path, **build_app_kwargs: object) -> Iterator[str]:
+    """`xinslm serve` in this process: serve.build_app(checkpoint, device="cpu", ...) run by
+    uvicorn in a background thread on a free localhost port. Yields the base URL
+    ("http://127.0.0.1:PORT"); the server stops on exit."""
+    import uvicorn
+    from xinslm.serve import build_app
+
+    app = build_app(str(checkpoint), **{"device": "cpu", **build_app_kwargs})
+    # Bound here, before the thread starts: the port is known and already taken, no race.
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start (see the log above)")
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
