@@ -1,0 +1,194 @@
+"""The chat page (xinslm/static/index.html) in headless Chromium, against a real `xinslm serve`
+app (conftest.live_server) over a random-weights model that talks long: a reply streams in and
+grows, Stop ends it with the page ready again, a second reply completes with its stats, a
+refused request shows the server's message, New chat clears the history.
+
+Needs chromium and chromedriver (Debian: apt-get install chromium chromium-driver); without
+them the test skips, except under CI (the CI environment variable set), where it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, live_server, tiny_config
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+
+from xinslm.checkpoint import save_checkpoint
+from xinslm.model import NanoChatModel
+from xinslm.tokenizer import ByteTokenizer
+
+BYTE = ByteTokenizer()
+CONTEXT = 4096
+SCREENSHOT = REPO / ".artifacts" / "chat-page.png"
+STATS = re.compile(r"(\d+) tokens · ([\d.]+) tokens/s")
+
+
+def chromium_or_skip() -> tuple[str, str]:
+    """Paths of the browser and its driver; a skip (a failure under CI) when either is absent."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    missing = [name for name, path in (("chromium", browser), ("chromedriver", driver)) if not path]
+    if missing:
+        reason = f"{' and '.join(missing)} not found (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: CI must run the chat page's test")
+        pytest.skip(reason)
+    return browser, driver
+
+
+@pytest.fixture
+def browser():
+    binary, driver = chromium_or_skip()
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    options.add_argument("--window-size=1100,820")
+    # An explicit driver path: Selenium Manager never looks for (or downloads) one.
+    chrome = webdriver.Chrome(options=options, service=Service(executable_path=driver))
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
+
+
+def chatty_checkpoint(path: Path) -> Path:
+    """A random-weights model with a long context whose head favours lowercase letters,
+    space and a few stops: their logits are large (many at the softcap, so sampling varies),
+    every other token's is 0, so it all but never says <|end|> (a reply runs to max_tokens)
+    and nearly every token is one printable character."""
+    torch.manual_seed(0)
+    model = NanoChatModel(tiny_config(context_len=CONTEXT))
+    talk = torch.tensor([*b"abcdefghijklmnopqrstuvwxyz", *b"     ,.?"])
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[talk] = 8 * torch.randn(len(talk), model.config.n_embd)
+    save_checkpoint(
+        path,
+        model=model.state_dict(),
+        model_config=model.config.to_dict(),
+        tokenizer=BYTE.identity(),
+        step=0,
+    )
+    return path
+
+
+def refusal(base: str, body: dict) -> dict:
+    """The server's error JSON for a request it refuses."""
+    request = urllib.request.Request(
+        f"{base}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    return {"status": refused.value.code, **json.loads(refused.value.read())["error"]}
+
+
+def set_number(browser, element_id: str, value: int | float) -> None:
+    field = browser.find_element(By.ID, element_id)
+    field.clear()
+    field.send_keys(str(value))
+
+
+def test_chat_page(browser, tmp_path):
+    wait = WebDriverWait(browser, 10, poll_frequency=0.02)
+    with live_server(chatty_checkpoint(tmp_path / "chatty.pt")) as base:
+        with urllib.request.urlopen(f"{base}/v1/models", timeout=10) as resp:
+            model_id = json.load(resp)["data"][0]["id"]
+        browser.get(f"{base}/")
+        find = browser.find_element
+
+        def find_all(selector: str) -> list:
+            return browser.find_elements(By.CSS_SELECTOR, selector)
+
+        def reply(i: int):
+            return find_all(".message.assistant")[i]
+
+        def ready() -> bool:
+            return find(By.ID, "send").is_displayed() and not find(By.ID, "stop").is_displayed()
+
+        wait.until(lambda _: model_id in find(By.ID, "model").text)
+
+        # A reply streams in and grows; meanwhile Stop stands where Send was.
+        set_number(browser, "temperature", 1)
+        set_number(browser, "max-tokens", CONTEXT - 100)
+        first_message = "Tell me a <b>long</b> story"
+        find(By.ID, "input").send_keys(first_message, Keys.ENTER)
+        wait.until(lambda _: len(reply(0).find_element(By.CLASS_NAME, "content").text) >= 5)
+        seen = len(reply(0).find_element(By.CLASS_NAME, "content").text)
+        wait.until(lambda _: len(reply(0).find_element(By.CLASS_NAME, "content").text) > seen + 20)
+        assert find(By.ID, "stop").is_displayed() and not find(By.ID, "send").is_displayed()
+        # The user's text is shown as text, never parsed as HTML.
+        assert find_all(".message.user .content")[0].text == first_message
+        assert not find_all("#messages b")
+
+        # Stop: the partial reply stays, marked stopped, stops growing; the page is ready.
+        find(By.ID, "stop").click()
+        wait.until(lambda _: "stopped" in reply(0).get_attribute("class"))
+        stopped = reply(0).find_element(By.CLASS_NAME, "content").text
+        assert 20 < len(stopped) < CONTEXT - 200
+        assert "stopped" in reply(0).find_element(By.CLASS_NAME, "stats").text
+        time.sleep(0.5)
+        assert reply(0).find_element(By.CLASS_NAME, "content").text == stopped
+        assert ready() and find(By.ID, "input").is_enabled()
+
+        # A second message gets a whole reply (max_tokens of them) and its stats line; the
+        # whole history went with it: the prompt holds the stopped reply (a token a character).
+        set_number(browser, "max-tokens", 40)
+        find(By.ID, "input").send_keys("And then?", Keys.ENTER)
+        wait.until(lambda _: len(find_all(".message.assistant")) == 2 and ready())
+        stats = reply(1).find_element(By.CLASS_NAME, "stats").text
+        tokens, speed = STATS.search(stats).groups()
+        assert int(tokens) == 40 and float(speed) > 0, stats
+        assert reply(1).find_element(By.CLASS_NAME, "content").text
+        assert int(re.search(r"prompt (\d+) tokens", stats).group(1)) > len(stopped)
+        assert len(find_all(".message.user")) == 2
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        assert browser.save_screenshot(str(SCREENSHOT))
+
+        # New chat clears the conversation.
+        find(By.ID, "new-chat").click()
+        wait.until(lambda _: not find_all(".message"))
+
+        # A request the server refuses (more new tokens than the context holds): its status
+        # and message show, and the message goes back into the input box, unsent. The page
+        # sends what this request sends, so the server's message is the same.
+        too_many = CONTEXT * 2
+        expected = refusal(
+            base,
+            {
+                "model": model_id,
+                "messages": [{"role": "user", "content": "Too long?"}],
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "temperature": 1,
+                "max_tokens": too_many,
+            },
+        )
+        assert expected["status"] == 400
+        set_number(browser, "max-tokens", too_many)
+        find(By.ID, "input").send_keys("Too long?", Keys.ENTER)
+        wait.until(lambda _: find(By.ID, "error").is_displayed())
+        error = find(By.ID, "error").text
+        assert "400" in error and expected["message"] in error, error
+        assert find(By.ID, "input").get_attribute("value") == "Too long?"
+        assert not find_all(".message") and ready()
+
+        # New chat again: the error goes too.
+        find(By.ID, "new-chat").click()
+        assert not find(By.ID, "error").is_displayed()
