@@ -9,7 +9,7 @@ batching).
   and gives its first token.
 - A decode step feeds every live sequence's last token at that sequence's own position and
   samples the next ones on the device (sampling.sample_rows). Its inputs and outputs live in
-  fixed device tensors, so on CUDA it is compiled and recorded once per (batch, length)
+  fixed device tensors, so on CUDA it is recorded once per (batch, length)
   bucket as a CUDA graph and then replayed: one launch per step, and one read of the new
   tokens per step for the whole batch, whatever the number of sequences.
 """
@@ -47,27 +47,34 @@ class Sequence:
 
 class RowCache:
     """The engine's cache as the model sees it in a decode step: row b's new token goes to
-    position pos[b] and attends to keys 0..pos[b]; only the first `length` positions are
-    read. Same protocol as model.KVCache (positions, attend, advance)."""
+    position pos[b] and attends to keys 0..pos[b]; only the first len(key_positions)
+    positions are read. The mask is built once per step, on the first layer's call. Same
+    protocol as model.KVCache (positions, attend, advance)."""
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, length: int):
-        self.k, self.v, self.pos, self.length = k, v, pos, length
+    def __init__(
+        self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, key_positions: torch.Tensor
+    ) -> None:
+        self.k, self.v, self.pos, self.key_positions = k, v, pos, key_positions
+        self.rows = torch.arange(pos.shape[0], device=pos.device)
+        self.mask: torch.Tensor | None = None
 
     def positions(self, T: int) -> torch.Tensor:
         return self.pos[:, None]
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         B, H, _, D = q.shape
-        rows = torch.arange(B, device=q.device)
-        self.k[layer][rows, :, self.pos] = k[:, :, 0]
-        self.v[layer][rows, :, self.pos] = v[:, :, 0]
-        keys = self.k[layer, :, :, : self.length]
-        values = self.v[layer, :, :, : self.length]
-        seen = torch.arange(self.length, device=q.device) <= self.pos[:, None]
+        self.k[layer][self.rows, :, self.pos] = k[:, :, 0]
+        self.v[layer][self.rows, :, self.pos] = v[:, :, 0]
+        length = self.key_positions.shape[0]
+        keys, values = self.k[layer, :, :, :length], self.v[layer, :, :, :length]
+        if self.mask is None:  # 0 where row b sees key j (j <= pos[b]), -inf elsewhere
+            seen = self.key_positions <= self.pos[:, None]
+            self.mask = torch.zeros(seen.shape, dtype=q.dtype, device=q.device)
+            self.mask = self.mask.masked_fill(~seen, float("-inf"))[:, None, None]
         # One query per head: the query heads sharing a k/v head are that head's queries.
         kv_heads = keys.shape[1]
         y = F.scaled_dot_product_attention(
-            q.reshape(B, kv_heads, H // kv_heads, D), keys, values, attn_mask=seen[:, None, None]
+            q.reshape(B, kv_heads, H // kv_heads, D), keys, values, attn_mask=self.mask
         )
         return y.reshape(B, H, 1, D)
 
@@ -113,9 +120,9 @@ class Engine:
         self.top_p = torch.ones(max_batch, device=device)
         self.rows: list[Sequence] = []  # live sequences; rows[i] holds cache row i
         self.waiting: deque[Sequence] = deque()
+        self.key_positions = torch.arange(c.context_len, device=device)
         self.use_graphs = device.type == "cuda" if graphs is None else graphs
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
-        self._decode_fn = torch.compile(self._decode, dynamic=True) if self.use_graphs else None
 
     # --- the public side -------------------------------------------------------------
 
@@ -142,13 +149,16 @@ class Engine:
         for seq in [s for s in self.rows if s.cancelled]:
             self._finish(seq, "cancelled")
             touched[id(seq)] = seq
-        while self.waiting and len(self.rows) < self.max_batch:
+        joining = []
+        while self.waiting and len(self.rows) + len(joining) < self.max_batch:
             seq = self.waiting.popleft()
             touched[id(seq)] = seq
             if seq.cancelled:
                 seq.finish_reason = "cancelled"
             else:
-                self._prefill(seq)
+                joining.append(seq)
+        if joining:
+            self._prefill(joining)
         if self.rows:
             for seq in self._decode_live():
                 touched[id(seq)] = seq
@@ -178,21 +188,38 @@ class Engine:
 
     # --- rows ------------------------------------------------------------------------
 
-    def _prefill(self, seq: Sequence) -> None:
-        row = len(self.rows)
-        self.rows.append(seq)
-        cache = KVCache.over(self.k[:, row : row + 1], self.v[:, row : row + 1])
-        logits, _ = self.model(torch.tensor([seq.prompt], device=self.device), cache=cache)
-        s = seq.sampling
-        self.temperature[row] = s.temperature
-        self.top_k[row] = s.top_k or self.config.vocab_size
-        self.top_p[row] = s.top_p if s.top_p is not None and s.top_p < 1 else float("inf")
-        self.seed[row], self.drawn[row], self.pos[row] = s.seed, 0, len(seq.prompt)
-        self.live[row] = True
-        here = slice(row, row + 1)
-        first = self._sample(logits[:, -1], here)
-        self.token[here], self.drawn[here] = first, 1
-        self._accept(seq, int(first))
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        """Give the joining sequences the next rows, fill them with their prompts in one
+        forward pass (right-padded: causal attention keeps the padding out of every real
+        position, and decoding overwrites it before any query can see it), and sample each
+        one's first token from its last prompt position."""
+        start = len(self.rows)
+        rows = slice(start, start + len(seqs))
+        self.rows.extend(seqs)
+        lengths = [len(s.prompt) for s in seqs]
+        width = max(lengths)
+        ids = torch.tensor([s.prompt + [0] * (width - len(s.prompt)) for s in seqs])
+        cache = KVCache.over(self.k[:, rows], self.v[:, rows])
+        hidden = self.model.hidden_states(ids.to(self.device), cache)
+        last = torch.tensor(lengths, device=self.device) - 1
+        logits = self.model.logits(hidden[torch.arange(len(seqs), device=self.device), last])
+        self._set_settings(seqs, rows)
+        self.pos[rows], self.drawn[rows], self.live[rows] = last + 1, 0, True
+        self.token[rows] = self._sample(logits, rows)
+        self.drawn[rows] = 1
+        for seq, token in zip(seqs, self.token[rows].tolist(), strict=True):
+            self._accept(seq, token)
+
+    def _set_settings(self, seqs: list[Sequence], rows: slice) -> None:
+        vocab = self.config.vocab_size
+        values = [
+            [s.sampling.temperature for s in seqs],
+            [s.sampling.top_k or vocab for s in seqs],
+            [s.sampling.top_p if (s.sampling.top_p or 1) < 1 else float("inf") for s in seqs],
+            [s.sampling.seed for s in seqs],
+        ]
+        for state, column in zip(self._settings(), values, strict=True):
+            state[rows] = torch.tensor(column, dtype=state.dtype)
 
     def _accept(self, seq: Sequence, token: int) -> None:
         if token in seq.stop_ids:
@@ -234,7 +261,8 @@ class Engine:
     def _decode(self, batch: int, length: int) -> None:
         """Feed each of the first `batch` rows its next token; sample the one after it."""
         rows = slice(0, batch)
-        cache = RowCache(self.k[:, rows], self.v[:, rows], self.pos[rows], length)
+        keys = self.key_positions[:length]
+        cache = RowCache(self.k[:, rows], self.v[:, rows], self.pos[rows], keys)
         logits, _ = self.model(self.token[rows, None], cache=cache)
         self.token[rows] = self._sample(logits[:, -1], rows)
         self.pos[rows] += self.live[rows]  # idle rows stay at position 0
@@ -253,27 +281,26 @@ class Engine:
         return seqs
 
     def _graph(self, batch: int, length: int) -> torch.cuda.CUDAGraph:
-        """The decode step for (batch, length), compiled and recorded on first use."""
+        """The decode step for (batch, length), recorded on first use."""
         if (batch, length) not in self._graphs:
             saved = [t.clone() for t in (self.token, self.pos, self.drawn)]
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                for _ in range(2):  # compiles, and lets lazy initialisation happen off-graph
-                    self._decode_fn(batch, length)
+                for _ in range(2):  # lazy initialisation (cuBLAS handles, ...) happens off-graph
+                    self._decode(batch, length)
             torch.cuda.current_stream().wait_stream(side)
             for t, before in zip((self.token, self.pos, self.drawn), saved, strict=True):
                 t.copy_(before)
             graph = torch.cuda.CUDAGraph()
             pool = next(iter(self._graphs.values())).pool() if self._graphs else None
             with torch.cuda.graph(graph, pool=pool):
-                self._decode_fn(batch, length)
+                self._decode(batch, length)
             self._graphs[(batch, length)] = graph
         return self._graphs[(batch, length)]
 
 
 def _cast(model: NanoChatModel, dtype: torch.dtype) -> NanoChatModel:
-    """The model's weights in dtype (in place); the rotary tables stay float32."""
-    for p in model.parameters():
-        p.data = p.data.to(dtype)
-    return model
+    """The model in dtype, in place: its weights and its rotary tables (which training's
+    autocast casts to bfloat16 at each use anyway)."""
+    return model.to(dtype)

@@ -225,6 +225,21 @@ class NanoChatModel(nn.Module):
         the float32 logits, so a compiled model fuses softcap and cross-entropy instead of
         writing B * T * vocab floats to memory (8.6 GB a step for d12 at vocab 65,536).
         With a cache, input_ids continue the cached tokens (at the cache's positions)."""
+        logits = self.logits(self.hidden_states(input_ids, cache))
+        if targets is None:
+            return logits, None
+        loss_sum = F.cross_entropy(
+            logits.view(-1, logits.size(-1)),
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        # A batch with no learned targets has loss 0, not the NaN that a plain mean would give.
+        n_targets = (targets != IGNORE_INDEX).sum().clamp(min=1)
+        return None, loss_sum / n_targets
+
+    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The final normalized hidden states (B, T, n_embd), before the head."""
         T = input_ids.shape[1]
         if cache is None:
             if T > self.config.context_len:
@@ -240,17 +255,10 @@ class NanoChatModel(nn.Module):
             x = block(x, cos, sin, cache)
         if cache is not None:
             cache.advance(T)
-        logits = self.lm_head(norm(x)).float()
+        return norm(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 logits of hidden states, squashed by softcap * tanh(logits / softcap)."""
+        logits = self.lm_head(x).float()
         cap = self.config.logit_softcap
-        logits = cap * torch.tanh(logits / cap)
-        if targets is None:
-            return logits, None
-        loss_sum = F.cross_entropy(
-            logits.view(-1, logits.size(-1)),
-            targets.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
-        # A batch with no learned targets has loss 0, not the NaN that a plain mean would give.
-        n_targets = (targets != IGNORE_INDEX).sum().clamp(min=1)
-        return None, loss_sum / n_targets
+        return cap * torch.tanh(logits / cap)
