@@ -137,8 +137,14 @@ def help_of(argv: list[str], capsys) -> str:
 
 
 def test_help_lists_the_commands(capsys) -> None:
-    assert help_of(["--help"], capsys).startswith("usage: xinslm [-h] {chat,sample,info} ...\n")
-    handlers = {"chat": cli.cmd_chat, "sample": cli.cmd_sample, "info": cli.cmd_info}
+    usage = "usage: xinslm [-h] {chat,sample,info,serve} ...\n"
+    assert help_of(["--help"], capsys).startswith(usage)
+    handlers = {
+        "chat": cli.cmd_chat,
+        "sample": cli.cmd_sample,
+        "info": cli.cmd_info,
+        "serve": cli.cmd_serve,
+    }
     for command, handler in handlers.items():
         assert help_of([command, "--help"], capsys).startswith(f"usage: xinslm {command} [-h]")
         argv = [command, "x.pt"] if command == "info" else [command]

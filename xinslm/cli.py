@@ -4,12 +4,14 @@ xinslm chat                      interactive multi-turn chat (checkpoints/chat.p
 xinslm chat -p "Hi!"             answer one message and exit
 xinslm sample --prompt "Once"    continue text with the base model (checkpoints/base.pt)
 xinslm info checkpoints/chat.pt  config, step, tokenizer and losses of a checkpoint
+xinslm serve                     an OpenAI-compatible API and a chat page on 127.0.0.1:8000
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from xinslm.errors import XinslmError, run_main
@@ -126,13 +128,20 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(json.dumps(shown, indent=2))
 
 
-def _sampling_args(p: argparse.ArgumentParser, default_checkpoint: str) -> None:
-    p.add_argument("--checkpoint", default=default_checkpoint, help="checkpoint to load")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per reply at most")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy decoding")
-    p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+def cmd_serve(args: argparse.Namespace) -> None:
+    from xinslm.serve import API_KEY_ENV, ServeSettings, run_server
+
+    settings = ServeSettings(
+        checkpoint=args.checkpoint,
+        device=args.device,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        max_batch=args.max_batch,
+        encodings_dir=args.encodings_dir,
+    )
+    run_server(settings, args.host, args.port)
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device",
         default="auto",
@@ -143,6 +152,16 @@ def _sampling_args(p: argparse.ArgumentParser, default_checkpoint: str) -> None:
         default="../shared/data/tiktoken",
         help="folder of .tiktoken files (tiktoken tokenizers only)",
     )
+
+
+def _sampling_args(p: argparse.ArgumentParser, default_checkpoint: str) -> None:
+    p.add_argument("--checkpoint", default=default_checkpoint, help="checkpoint to load")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per reply at most")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy decoding")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    _device_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +192,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("checkpoint", help="e.g. checkpoints/chat.pt")
     info.set_defaults(func=cmd_info)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve an OpenAI-compatible API and a chat page",
+        description="Serve /v1/chat/completions, /v1/completions and /v1/models (as OpenAI's "
+        "API) and a chat page at /, with concurrent requests batched on one engine.",
+    )
+    serve.add_argument("--checkpoint", default="checkpoints/chat.pt", help="checkpoint to serve")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument(
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' on /v1 requests (default: $XINSLM_API_KEY)",
+    )
+    serve.add_argument(
+        "--max-batch", type=int, default=8, help="sequences decoded together at most"
+    )
+    _device_args(serve)
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 
