@@ -78,7 +78,7 @@ def test_attention_matches_repeated_kv_reference(n_kv_head):
     torch.manual_seed(0)
     attn = CausalSelfAttention(ModelConfig(**{**TINY, "n_kv_head": n_kv_head}))
     x = torch.randn(2, 9, 64)
-    cos, sin = (t[None] for t in rotary_tables(9, 16, 10000.0))  # (1, T, D / 2)
+    cos, sin = (t[None] for t in rotary_tables(9, 16, 10000.0))  # (1, T, D)
     with torch.no_grad():
         got = attn(x, cos, sin)
         want = reference_attention(attn, x, cos, sin)
@@ -148,3 +148,16 @@ def test_longer_than_context_is_refused():
     model = tiny_model()
     with pytest.raises(ValueError, match="sequence of 33 tokens exceeds context_len 32"):
         model(torch.zeros(1, 33, dtype=torch.int64))
+
+
+def test_rotary_turns_each_channel_pair_by_its_positions_angle():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3, 8)  # (B, T, H, D): pairs (i, i + 4) share an angle
+    cos, sin = rotary_tables(5, 8, 100.0)
+    got = apply_rotary(x, cos[None], sin[None])
+    angle = torch.arange(5.0)[:, None] / 100.0 ** (torch.arange(0, 8, 2) / 8)  # (T, 4)
+    c, s = angle.cos()[None, :, None], angle.sin()[None, :, None]
+    x1, x2 = x[..., :4], x[..., 4:]
+    torch.testing.assert_close(got, torch.cat([x1 * c + x2 * s, x2 * c - x1 * s], -1))
+    assert torch.equal(got[:, 0], x[:, 0])  # position 0: no turn
+    torch.testing.assert_close(got.norm(dim=-1), x.norm(dim=-1))  # a rotation keeps lengths

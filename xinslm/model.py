@@ -57,19 +57,22 @@ def norm(x: torch.Tensor) -> torch.Tensor:
 def rotary_tables(
     context_len: int, head_dim: int, base: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape (context_len, head_dim / 2) for positions 0..context_len-1."""
+    """cos and sin of shape (context_len, head_dim) for positions 0..context_len-1: channel i
+    and its partner i + d/2 (d = head_dim) share an angle; sin carries the sign of its half
+    (+ in the first, - in the second), so rotating is x * cos + halves_swapped(x) * sin."""
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(context_len, dtype=torch.float32), inv_freq)
-    return angles.cos(), angles.sin()
+    return torch.cat([angles.cos()] * 2, dim=-1), torch.cat([angles.sin(), -angles.sin()], -1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate channel pairs (i, i + d/2) of x (B, T, H, D) by position-dependent angles;
-    cos and sin are (B or 1, T, D / 2), the angles at each row's positions."""
+    cos and sin are (B or 1, T, D), the tables at each row's positions. Four kernels in
+    eager mode (a decode step is made of small kernels, so their number is its time)."""
     d = x.shape[-1] // 2
-    x1, x2 = x[..., :d], x[..., d:]
+    swapped = torch.cat([x[..., d:], x[..., :d]], dim=-1)
     cos, sin = cos[:, :, None, :].to(x.dtype), sin[:, :, None, :].to(x.dtype)
-    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+    return x * cos + swapped * sin
 
 
 class KVCache:
