@@ -192,3 +192,28 @@ def test_chat_page(browser, tmp_path):
         # New chat again: the error goes too.
         find(By.ID, "new-chat").click()
         assert not find(By.ID, "error").is_displayed()
+
+
+def test_chat_page_api_key(browser, tmp_path):
+    """A server started with an API key: the page says it needs one and shows the key field;
+    with the key it works, and the key is remembered across a reload (localStorage)."""
+    wait = WebDriverWait(browser, 10, poll_frequency=0.02)
+    with live_server(chatty_checkpoint(tmp_path / "chatty.pt"), api_key="sekrit") as base:
+        browser.get(f"{base}/")
+        find = browser.find_element
+        wait.until(lambda _: find(By.ID, "error").is_displayed())
+        assert "401" in find(By.ID, "error").text and "API key" in find(By.ID, "error").text
+        key = find(By.ID, "api-key")
+        assert key.is_displayed()
+
+        key.send_keys("sekrit", Keys.TAB)  # the change event: stored, models fetched again
+        wait.until(lambda _: "chatty" in find(By.ID, "model").text)
+        assert not find(By.ID, "error").is_displayed()
+        set_number(browser, "max-tokens", 5)
+        find(By.ID, "input").send_keys("Hello", Keys.ENTER)
+        stats = lambda: [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".stats")]  # noqa: E731
+        wait.until(lambda _: any(STATS.search(text) for text in stats()))
+
+        browser.refresh()
+        wait.until(lambda _: "chatty" in find(By.ID, "model").text)
+        assert find(By.ID, "api-key").get_attribute("value") == "sekrit"
