@@ -11,7 +11,7 @@ GPU: nanochat's d12 shape (12 layers, 768 wide, 6 heads, vocab 32768, context 20
 bfloat16. CPU: the model of params.yaml (what `make run` trains) with the byte tokenizer's
 vocabulary (261), float32. Every measurement runs once untimed first (CUDA graphs are
 recorded then) and reports the median of --repeats timed runs. Needs torch and numpy; the
-server part also fastapi, uvicorn and httpx.
+server part also fastapi and uvicorn.
 """
 
 from __future__ import annotations
@@ -197,8 +197,115 @@ def main() -> None:
         bench_engine(args, device)
 
 
+def server_model(device: torch.device) -> NanoChatModel:
+    """The served model: the engine rows' shape but the byte tokenizer's vocabulary (the
+    server decodes the ids to text), and a head that never picks a special token under
+    greedy decoding (their rows are zero, every other row is large), so replies run to
+    max_tokens."""
+    torch.manual_seed(0)
+    shape = {**D12, "vocab_size": 261} if device.type == "cuda" else None
+    model = NanoChatModel(ModelConfig(**shape)) if shape else bench_model(device).cpu()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.lm_head.weight, std=0.3)
+        model.lm_head.weight[256:] = 0
+    return model
+
+
+def start_server(checkpoint: str, device: torch.device, max_batch: int):
+    """build_app served by uvicorn in a thread on a free port; returns (url, server)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from xinslm.serve import build_app
+
+    app = build_app(checkpoint, device=str(device), max_batch=max_batch)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", server
+
+
+def stream_one(url: str, i: int, max_tokens: int) -> dict:
+    """One streaming chat request: when its first text came, when it ended, its tokens."""
+    import json
+    import urllib.request
+
+    body = {
+        "model": "server",
+        "messages": [{"role": "user", "content": f"Request {i}: tell me a long story. " * 2}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    request = urllib.request.Request(
+        url + "/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    start, first, tokens = time.perf_counter(), None, 0
+    with urllib.request.urlopen(request, timeout=120) as response:
+        for raw in response:  # server-sent events, a line at a time
+            line = raw.decode().strip()
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                first = time.perf_counter()
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    return {"start": start, "first": first, "end": time.perf_counter(), "tokens": tokens}
+
+
+def clients_row(url: str, clients: int, max_tokens: int) -> dict:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(clients) as pool:
+        runs = list(pool.map(lambda i: stream_one(url, i, max_tokens), range(clients)))
+    wall = max(r["end"] for r in runs) - min(r["start"] for r in runs)
+    ttft = sorted((r["first"] - r["start"]) * 1e3 for r in runs)
+    return {
+        "tokens/s all": sum(r["tokens"] for r in runs) / wall,
+        "tokens/s per client": statistics.median(
+            r["tokens"] / (r["end"] - r["start"]) for r in runs
+        ),
+        "ttft p50 ms": statistics.median(ttft),
+        "ttft p95 ms": ttft[min(len(ttft) - 1, round(0.95 * (len(ttft) - 1)))],
+    }
+
+
 def bench_server(args, device: torch.device) -> None:
-    raise SystemExit(f"--server: not yet ({tempfile.gettempdir()})")
+    """N concurrent streaming clients against `xinslm serve` in this process."""
+    from xinslm.checkpoint import save_checkpoint
+    from xinslm.tokenizer import ByteTokenizer
+
+    model = server_model(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = f"{tmp}/server.pt"
+        save_checkpoint(
+            checkpoint,
+            model=model.state_dict(),
+            model_config=model.config.to_dict(),
+            tokenizer=ByteTokenizer().identity(),
+            step=0,
+        )
+        url, server = start_server(checkpoint, device, max(args.clients))
+        rows = []
+        for clients in args.clients:
+            clients_row(url, clients, args.new)  # untimed: graphs for this batch
+            runs = [clients_row(url, clients, args.new) for _ in range(args.repeats)]
+            row = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            rows.append((f"{clients} streaming client{'s' * (clients > 1)}", row))
+        server.should_exit = True
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"\nxinslm serve on {name}, {model.num_params() / 1e6:.1f}M params (vocab 261), "
+          f"max_tokens {args.new}, greedy")  # fmt: skip
+    table(rows)
 
 
 if __name__ == "__main__":
