@@ -34,7 +34,8 @@ from xinslm.tokenizer import ByteTokenizer
 BYTE = ByteTokenizer()
 CONTEXT = 4096
 SCREENSHOT = REPO / ".artifacts" / "chat-page.png"
-STATS = re.compile(r"(\d+) tokens · ([\d.]+) tokens/s")
+STATS = re.compile(r"(\d+) tokens · ([\d.]+) tokens/s")  # a reply of 0.1 s or more
+DONE = re.compile(r"^\d+ tokens · ")  # any completed reply's stats line
 
 
 def chromium_or_skip() -> tuple[str, str]:
@@ -66,13 +67,13 @@ def browser():
         chrome.quit()
 
 
-def chatty_checkpoint(path: Path) -> Path:
+def chatty_checkpoint(path: Path, context_len: int = CONTEXT) -> Path:
     """A random-weights model with a long context whose head favours lowercase letters,
     space and a few stops: their logits are large (many at the softcap, so sampling varies),
     every other token's is 0, so it all but never says <|end|> (a reply runs to max_tokens)
     and nearly every token is one printable character."""
     torch.manual_seed(0)
-    model = NanoChatModel(tiny_config(context_len=CONTEXT))
+    model = NanoChatModel(tiny_config(context_len=context_len))
     talk = torch.tensor([*b"abcdefghijklmnopqrstuvwxyz", *b"     ,.?"])
     with torch.no_grad():
         model.lm_head.weight.zero_()
@@ -149,12 +150,12 @@ def test_chat_page(browser, tmp_path):
 
         # A second message gets a whole reply (max_tokens of them) and its stats line; the
         # whole history went with it: the prompt holds the stopped reply (a token a character).
-        set_number(browser, "max-tokens", 40)
+        set_number(browser, "max-tokens", 200)
         find(By.ID, "input").send_keys("And then?", Keys.ENTER)
         wait.until(lambda _: len(find_all(".message.assistant")) == 2 and ready())
         stats = reply(1).find_element(By.CLASS_NAME, "stats").text
         tokens, speed = STATS.search(stats).groups()
-        assert int(tokens) == 40 and float(speed) > 0, stats
+        assert int(tokens) == 200 and float(speed) > 0, stats
         assert reply(1).find_element(By.CLASS_NAME, "content").text
         assert int(re.search(r"prompt (\d+) tokens", stats).group(1)) > len(stopped)
         assert len(find_all(".message.user")) == 2
@@ -212,8 +213,31 @@ def test_chat_page_api_key(browser, tmp_path):
         set_number(browser, "max-tokens", 5)
         find(By.ID, "input").send_keys("Hello", Keys.ENTER)
         stats = lambda: [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".stats")]  # noqa: E731
-        wait.until(lambda _: any(STATS.search(text) for text in stats()))
+        wait.until(lambda _: any(DONE.search(text) for text in stats()))
 
         browser.refresh()
         wait.until(lambda _: "chatty" in find(By.ID, "model").text)
         assert find(By.ID, "api-key").get_attribute("value") == "sekrit"
+
+
+def test_chat_page_drops_old_exchanges(browser, tmp_path):
+    """A conversation that outgrows the context (64 tokens here): the page drops its oldest
+    exchange and asks again, as `xinslm chat` does; the dropped messages are shown faded."""
+    wait = WebDriverWait(browser, 10, poll_frequency=0.02)
+    with live_server(chatty_checkpoint(tmp_path / "short.pt", context_len=64)) as base:
+        browser.get(f"{base}/")
+        find = browser.find_element
+        wait.until(lambda _: "short" in find(By.ID, "model").text)
+        set_number(browser, "max-tokens", 20)
+
+        def stats() -> list[str]:
+            return [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".message .stats")]
+
+        for n, message in enumerate(["Hello there", "Still there?"], start=1):
+            find(By.ID, "input").send_keys(message, Keys.ENTER)
+            wait.until(lambda _, n=n: len(stats()) == n and DONE.search(stats()[-1]))
+        # The second prompt (the first exchange, the message and 20 new tokens) is over 64.
+        assert "2 earlier messages left out to fit the context" in stats()[-1]
+        faded = browser.find_elements(By.CSS_SELECTOR, ".message.forgotten")
+        assert [e.text.splitlines()[0] for e in faded] == ["You", "Assistant"]
+        assert not find(By.ID, "error").is_displayed()
