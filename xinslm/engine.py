@@ -55,7 +55,11 @@ class RowCache:
         self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, key_positions: torch.Tensor
     ) -> None:
         self.k, self.v, self.pos, self.key_positions = k, v, pos, key_positions
-        self.rows = torch.arange(pos.shape[0], device=pos.device)
+        # Where each row's new key goes, as a row of the layer's cache seen as a
+        # (rows * heads * context, head_dim) table: one index_copy_ per layer writes them all.
+        B, heads, context, _ = k.shape[1:]
+        row_starts = torch.arange(B * heads, device=pos.device) * context
+        self.slots = row_starts + pos.repeat_interleave(heads)
         self.mask: torch.Tensor | None = None
 
     def positions(self, T: int) -> torch.Tensor:
@@ -63,8 +67,8 @@ class RowCache:
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         B, H, _, D = q.shape
-        self.k[layer][self.rows, :, self.pos] = k[:, :, 0]
-        self.v[layer][self.rows, :, self.pos] = v[:, :, 0]
+        self.k[layer].view(-1, D).index_copy_(0, self.slots, k.reshape(-1, D))
+        self.v[layer].view(-1, D).index_copy_(0, self.slots, v.reshape(-1, D))
         length = self.key_positions.shape[0]
         keys, values = self.k[layer, :, :, :length], self.v[layer, :, :, :length]
         if self.mask is None:  # 0 where row b sees key j (j <= pos[b]), -inf elsewhere
