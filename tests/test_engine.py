@@ -8,7 +8,7 @@ from test_generate import PROMPT, context_model
 from xinslm.engine import Engine
 from xinslm.errors import XinslmError
 from xinslm.generate import generate
-from xinslm.sampling import Sampling, gumbel_noise, sample_rows
+from xinslm.sampling import Sampling, gumbel_noise, sample_rows, seed_key
 
 GREEDY = Sampling(max_new_tokens=60, temperature=0)
 
@@ -112,7 +112,7 @@ def test_row_sampling_follows_each_rows_cuts():
     seen = [set() for _ in range(4)]
     for drawn in range(200):
         picks = sample_rows(
-            logits, temperature, top_k, top_p, torch.arange(4), torch.full((4,), drawn)
+            logits, temperature, top_k, top_p, torch.arange(4) * 7919, torch.full((4,), drawn)
         )
         for row, pick in enumerate(picks.tolist()):
             seen[row].add(pick)
@@ -130,9 +130,26 @@ def test_gumbel_noise_is_a_function_of_seed_drawn_and_token():
     assert not torch.equal(a, gumbel_noise(torch.tensor([6]), torch.tensor([3]), ids))
     assert not torch.equal(a, gumbel_noise(torch.tensor([5]), torch.tensor([4]), ids))
     # Gumbel(0, 1): mean is the Euler-Mascheroni constant, variance pi^2 / 6.
-    many = gumbel_noise(torch.arange(50), torch.zeros(50, dtype=torch.long), ids.expand(50, -1))
+    keys = torch.tensor([seed_key(s) for s in range(50)])
+    many = gumbel_noise(keys, torch.zeros(50, dtype=torch.long), ids.expand(50, -1))
     assert abs(float(many.mean()) - 0.5772) < 0.02
     assert abs(float(many.var()) - 1.6449) < 0.05
+    assert len({seed_key(s) for s in range(1000)}) == 1000
+    assert 0 <= seed_key(-1) < 2**32 and 0 <= seed_key(2**63 - 1) < 2**32
+
+
+def test_row_sampling_draws_tokens_at_their_probabilities():
+    """4,000 draws of one row (drawn 0..3999) come up at softmax(logits / temperature)."""
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    n = 4000
+    logits = (probs.log() * 0.5).expand(n, -1)  # at temperature 0.5: softmax gives probs
+    ones = torch.ones(n)
+    picks = sample_rows(
+        logits, ones * 0.5, torch.full((n,), 4), ones * float("inf"),
+        torch.full((n,), seed_key(3)), torch.arange(n),
+    )  # fmt: skip
+    freq = torch.bincount(picks, minlength=4) / n
+    assert torch.allclose(freq, probs, atol=0.025), freq
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

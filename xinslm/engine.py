@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from xinslm.errors import XinslmError
 from xinslm.model import KVCache, NanoChatModel
-from xinslm.sampling import Sampling, sample_rows
+from xinslm.sampling import Sampling, sample_rows, seed_key
 
 
 @dataclass(eq=False)
@@ -120,7 +120,7 @@ class Engine:
         self.token, self.pos, self.drawn = rows.clone(), rows.clone(), rows.clone()
         self.live = torch.zeros(max_batch, dtype=torch.bool, device=device)
         self.temperature = torch.zeros(max_batch, device=device)
-        self.top_k, self.seed = rows.clone(), rows.clone()
+        self.top_k, self.key = rows.clone(), rows.clone()
         self.top_p = torch.ones(max_batch, device=device)
         self.rows: list[Sequence] = []  # live sequences; rows[i] holds cache row i
         self.waiting: deque[Sequence] = deque()
@@ -220,7 +220,7 @@ class Engine:
             [s.sampling.temperature for s in seqs],
             [s.sampling.top_k or vocab for s in seqs],
             [s.sampling.top_p if (s.sampling.top_p or 1) < 1 else float("inf") for s in seqs],
-            [s.sampling.seed for s in seqs],
+            [seed_key(s.sampling.seed) for s in seqs],
         ]
         for state, column in zip(self._settings(), values, strict=True):
             state[rows] = torch.tensor(column, dtype=state.dtype)
@@ -252,7 +252,7 @@ class Engine:
         return (self.token, self.pos, self.drawn, self.live, *self._settings())
 
     def _settings(self) -> tuple[torch.Tensor, ...]:
-        return (self.temperature, self.top_k, self.top_p, self.seed)
+        return (self.temperature, self.top_k, self.top_p, self.key)
 
     # --- the decode step -------------------------------------------------------------
 

@@ -74,6 +74,7 @@ def sample_next(
 
 
 _M32 = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B9  # 2^32 / golden ratio: consecutive multiples of it spread over 32 bits
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
@@ -86,12 +87,21 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 15)
 
 
-def gumbel_noise(seed: torch.Tensor, drawn: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Gumbel(0, 1) noise (B, V) for token ids (B, V), a pure function of each row's seed and
-    drawn count (B,) and the token id."""
-    row = _mix32(_mix32(seed & _M32) ^ ((seed >> 32) & _M32))
-    row = _mix32(row ^ (drawn & _M32))
-    bits = _mix32(_mix32(row[:, None] ^ ids) ^ 0x9E3779B9)
+def seed_key(seed: int) -> int:
+    """A request's seed (any int) as the 32-bit key sample_rows takes, mixed on the host once
+    (splitmix64's finalizer), so that nearby seeds give unrelated keys."""
+    x = (seed + _GOLDEN) & (2**64 - 1)
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+    return (x ^ (x >> 31)) & _M32
+
+
+def gumbel_noise(key: torch.Tensor, drawn: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) noise (B, V) for token ids (B, V), a pure function of each row's key
+    (seed_key) and drawn count (B,) and the token id. Few operations: on a CPU each costs
+    microseconds whatever its size, and a decode step is made of them."""
+    row = _mix32((key + drawn * _GOLDEN) & _M32)
+    bits = _mix32(row[:, None] ^ ids)
     u = ((bits >> 8).float() + 0.5) / 16777216.0  # 24 bits: uniform in (0, 1), never 0 or 1
     return -torch.log(-torch.log(u))
 
@@ -101,12 +111,13 @@ def sample_rows(
     temperature: torch.Tensor,
     top_k: torch.Tensor,
     top_p: torch.Tensor,
-    seed: torch.Tensor,
+    key: torch.Tensor,
     drawn: torch.Tensor,
 ) -> torch.Tensor:
     """The next token id (B,) of each row of logits (B, V), under that row's temperature
-    (0: greedy), top_k (V: no cut), top_p (inf: no cut), seed and drawn count. The same cuts
-    as sample_next: top_k first, then top_p over what top_k kept."""
+    (0: greedy), top_k (V: no cut), top_p (inf: no cut), key (seed_key of its seed) and
+    drawn count. The same cuts as sample_next: top_k first, then top_p over what top_k
+    kept."""
     logits = logits.float()
     greedy = logits.argmax(-1)
     ordered, order = (logits / temperature.clamp(min=1e-6)[:, None]).sort(-1, descending=True)
@@ -114,5 +125,5 @@ def sample_rows(
     ordered = ordered.masked_fill(rank >= top_k[:, None], float("-inf"))
     probs = ordered.softmax(-1)
     ordered = ordered.masked_fill(probs.cumsum(-1) - probs >= top_p[:, None], float("-inf"))
-    pick = (ordered + gumbel_noise(seed, drawn, order)).argmax(-1, keepdim=True)
+    pick = (ordered + gumbel_noise(key, drawn, order)).argmax(-1, keepdim=True)
     return torch.where(temperature > 0, order.gather(-1, pick)[:, 0], greedy)
