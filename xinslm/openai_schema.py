@@ -65,7 +65,7 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _one_choice(cls, n: int | None) -> int | None:
         if n not in (None, 1):
-            raise ValueError("only n=1 is supported (send the request again for another reply)")
+            raise ValueError("only n=1 is supported (ask again for another reply)")
         return n
 
     def wanted_tokens(self) -> tuple[str, int | None]:

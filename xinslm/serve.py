@@ -27,7 +27,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -189,7 +189,7 @@ def _event(data: dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-async def _pieces(reply: Reply) -> AsyncIterator[str]:
+async def _pieces(reply: Reply) -> AsyncGenerator[str, None]:
     """The reply's new text at each step ("" while held back), to its end."""
     try:
         async for update in reply.job.updates():
@@ -238,25 +238,27 @@ async def _respond(request: Request, reply: Reply, stream: bool) -> Response:
     )
 
 
-async def _events(reply: Reply, first: str, pieces: AsyncIterator[str]) -> AsyncIterator[str]:
+async def _events(
+    reply: Reply, first: str, pieces: AsyncGenerator[str, None]
+) -> AsyncIterator[str]:
     """The server-sent events of a streamed response, as OpenAI sends them."""
-    try:
-        if opening := reply.kind.opening():
-            yield reply.chunk(opening)
-        if first:
-            yield reply.chunk([reply.kind.delta(first, None)])
-        async for piece in pieces:
-            if piece:
-                yield reply.chunk([reply.kind.delta(piece, None)])
-        yield reply.chunk([reply.kind.delta("", reply.text.finish_reason)])
-        if reply.include_usage:
-            yield reply.usage_chunk()
-    except EngineFailed as e:
-        # The 200 is sent: an error event is how OpenAI reports a failure mid-stream.
-        error = _engine_error(e)
-        yield _event(error_body(error.message, "server_error", None, None))
-    finally:
-        reply.job.cancel()
+    # Closing `pieces` cancels the job, also when the client leaves while a chunk is sent.
+    async with contextlib.aclosing(pieces):
+        try:
+            if opening := reply.kind.opening():
+                yield reply.chunk(opening)
+            if first:
+                yield reply.chunk([reply.kind.delta(first, None)])
+            async for piece in pieces:
+                if piece:
+                    yield reply.chunk([reply.kind.delta(piece, None)])
+            yield reply.chunk([reply.kind.delta("", reply.text.finish_reason)])
+            if reply.include_usage:
+                yield reply.usage_chunk()
+        except EngineFailed as e:
+            # The 200 is sent: an error event is how OpenAI reports a failure mid-stream.
+            error = _engine_error(e)
+            yield _event(error_body(error.message, "server_error", None, None))
     yield "data: [DONE]\n\n"
 
 
