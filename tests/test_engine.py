@@ -8,7 +8,7 @@ from test_generate import PROMPT, context_model
 from xinslm.engine import Engine
 from xinslm.errors import XinslmError
 from xinslm.generate import generate
-from xinslm.sampling import Sampling, gumbel_noise, sample_rows, seed_key
+from xinslm.sampling import RowSettings, Sampling, gumbel_noise, sample_rows, seed_key
 
 GREEDY = Sampling(max_new_tokens=60, temperature=0)
 
@@ -111,9 +111,8 @@ def test_row_sampling_follows_each_rows_cuts():
     top_p = torch.tensor([float("inf"), float("inf"), float("inf"), 1e-6])
     seen = [set() for _ in range(4)]
     for drawn in range(200):
-        picks = sample_rows(
-            logits, temperature, top_k, top_p, torch.arange(4) * 7919, torch.full((4,), drawn)
-        )
+        settings = RowSettings(temperature, top_k, top_p, torch.arange(4) * 7919)
+        picks = sample_rows(logits, settings, torch.full((4,), drawn))
         for row, pick in enumerate(picks.tolist()):
             seen[row].add(pick)
     greedy = int(logits[0].argmax())
@@ -144,10 +143,10 @@ def test_row_sampling_draws_tokens_at_their_probabilities():
     n = 4000
     logits = (probs.log() * 0.5).expand(n, -1)  # at temperature 0.5: softmax gives probs
     ones = torch.ones(n)
-    picks = sample_rows(
-        logits, ones * 0.5, torch.full((n,), 4), ones * float("inf"),
-        torch.full((n,), seed_key(3)), torch.arange(n),
-    )  # fmt: skip
+    settings = RowSettings(
+        ones * 0.5, torch.full((n,), 4), ones * float("inf"), torch.full((n,), seed_key(3))
+    )
+    picks = sample_rows(logits, settings, torch.arange(n))
     freq = torch.bincount(picks, minlength=4) / n
     assert torch.allclose(freq, probs, atol=0.025), freq
 
@@ -162,3 +161,16 @@ def test_on_cuda_the_cache_is_bfloat16_and_graphs_match_eager():
     want = eager.generate_many(PROMPTS[:4], SETTINGS[:4])
     assert graphed.generate_many(PROMPTS[:4], SETTINGS[:4]) == want
     assert [len(t) for t in want] == [60, 30, 45, 100]
+
+
+def test_sampling_without_cuts_skips_the_sort_and_gives_the_same_tokens():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 300)
+    settings = RowSettings(
+        torch.tensor([0.0, 0.7, 1.3]), torch.full((3,), 300), torch.full((3,), float("inf")),
+        torch.tensor([seed_key(s) for s in (1, 2, 3)]),
+    )  # fmt: skip
+    for drawn in range(50):
+        n = torch.full((3,), drawn)
+        cut = sample_rows(logits, settings, n)
+        assert torch.equal(cut, sample_rows(logits, settings, n, cuts=False))

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from xinslm.errors import XinslmError
 from xinslm.model import KVCache, NanoChatModel
-from xinslm.sampling import Sampling, sample_rows, seed_key
+from xinslm.sampling import RowSettings, Sampling, sample_rows, seed_key
 
 
 @dataclass(eq=False)
@@ -126,7 +126,8 @@ class Engine:
         self.waiting: deque[Sequence] = deque()
         self.key_positions = torch.arange(c.context_len, device=device)
         self.use_graphs = device.type == "cuda" if graphs is None else graphs
-        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._graphs: dict[tuple[int, int, str], torch.cuda.CUDAGraph] = {}
+        self._done = torch.cuda.Event() if device.type == "cuda" else None
 
     # --- the public side -------------------------------------------------------------
 
@@ -209,9 +210,9 @@ class Engine:
         logits = self.model.logits(hidden[torch.arange(len(seqs), device=self.device), last])
         self._set_settings(seqs, rows)
         self.pos[rows], self.drawn[rows], self.live[rows] = last + 1, 0, True
-        self.token[rows] = self._sample(logits, rows)
+        self.token[rows] = self._sample(logits, rows, _sampling_mode(seqs))
         self.drawn[rows] = 1
-        for seq, token in zip(seqs, self.token[rows].tolist(), strict=True):
+        for seq, token in zip(seqs, self._read(self.token[rows]), strict=True):
             self._accept(seq, token)
 
     def _set_settings(self, seqs: list[Sequence], rows: slice) -> None:
@@ -256,55 +257,77 @@ class Engine:
 
     # --- the decode step -------------------------------------------------------------
 
-    def _sample(self, logits: torch.Tensor, rows: slice) -> torch.Tensor:
-        settings = [t[rows] for t in self._settings()]
-        if self.use_graphs or bool((settings[0] > 0).any()):
-            return sample_rows(logits, *settings, self.drawn[rows])
-        return logits.argmax(-1)  # all greedy: skip the sort (a CPU step is mostly overhead)
+    def _sample(self, logits: torch.Tensor, rows: slice, mode: str) -> torch.Tensor:
+        if mode == "greedy":
+            return logits.argmax(-1)
+        settings = RowSettings(*(t[rows] for t in self._settings()))
+        return sample_rows(logits, settings, self.drawn[rows], cuts=mode == "cuts")
 
-    def _decode(self, batch: int, length: int) -> None:
+    def _decode(self, batch: int, length: int, mode: str) -> None:
         """Feed each of the first `batch` rows its next token; sample the one after it."""
         rows = slice(0, batch)
         keys = self.key_positions[:length]
         cache = RowCache(self.k[:, rows], self.v[:, rows], self.pos[rows], keys)
         logits, _ = self.model(self.token[rows, None], cache=cache)
-        self.token[rows] = self._sample(logits[:, -1], rows)
+        self.token[rows] = self._sample(logits[:, -1], rows, mode)
         self.pos[rows] += self.live[rows]  # idle rows stay at position 0
         self.drawn[rows] += 1
 
     def _decode_live(self) -> list[Sequence]:
         seqs = list(self.rows)
         length = max(len(s.prompt) + len(s.tokens) for s in seqs)
+        mode = _sampling_mode(seqs)
         if self.use_graphs:
             batch = _bucket(len(seqs), self.max_batch)
-            self._graph(batch, _bucket(length, self.config.context_len, 64)).replay()
+            self._graph(batch, _bucket(length, self.config.context_len, 64), mode).replay()
         else:
-            self._decode(len(seqs), length)
-        for seq, token in zip(seqs, self.token[: len(seqs)].tolist(), strict=True):
+            self._decode(len(seqs), length, mode)
+        for seq, token in zip(seqs, self._read(self.token[: len(seqs)]), strict=True):
             self._accept(seq, token)
         return seqs
 
-    def _graph(self, batch: int, length: int) -> torch.cuda.CUDAGraph:
-        """The decode step for (batch, length), recorded on first use."""
-        if (batch, length) not in self._graphs:
+    def _read(self, tokens: torch.Tensor) -> list[int]:
+        """The tokens, on the host. On CUDA it waits on an event first: that wait lets go of
+        Python's GIL (a plain copy to the host would hold it), so the server's event loop
+        streams the last tokens while the GPU computes the next ones."""
+        if self.device.type == "cuda":
+            self._done.record()
+            self._done.synchronize()
+        return tokens.tolist()
+
+    def _graph(self, batch: int, length: int, mode: str) -> torch.cuda.CUDAGraph:
+        """The decode step for (batch, length, sampling mode), recorded on first use."""
+        if (batch, length, mode) not in self._graphs:
             saved = [t.clone() for t in (self.token, self.pos, self.drawn)]
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):  # lazy initialisation (cuBLAS handles, ...) happens off-graph
-                    self._decode(batch, length)
+                    self._decode(batch, length, mode)
             torch.cuda.current_stream().wait_stream(side)
             for t, before in zip((self.token, self.pos, self.drawn), saved, strict=True):
                 t.copy_(before)
             graph = torch.cuda.CUDAGraph()
             pool = next(iter(self._graphs.values())).pool() if self._graphs else None
             with torch.cuda.graph(graph, pool=pool):
-                self._decode(batch, length)
-            self._graphs[(batch, length)] = graph
-        return self._graphs[(batch, length)]
+                self._decode(batch, length, mode)
+            self._graphs[(batch, length, mode)] = graph
+        return self._graphs[(batch, length, mode)]
+
+
+def _sampling_mode(seqs: list[Sequence]) -> str:
+    """What the sampler must do for these sequences: "greedy" (all at temperature 0: an
+    argmax), "plain" (no top_k or top_p cut: no sort) or "cuts"."""
+    settings = [s.sampling for s in seqs]
+    if all(s.temperature == 0 for s in settings):
+        return "greedy"
+    return "cuts" if any(s.top_k or (s.top_p or 1) < 1 for s in settings) else "plain"
 
 
 def _cast(model: NanoChatModel, dtype: torch.dtype) -> NanoChatModel:
     """The model in dtype, in place: its weights and its rotary tables (which training's
-    autocast casts to bfloat16 at each use anyway)."""
-    return model.to(dtype)
+    autocast casts to bfloat16 at each use anyway); each block's q, k, v projections fused."""
+    model.to(dtype)
+    for block in model.blocks:
+        block.attn.fuse_qkv()
+    return model

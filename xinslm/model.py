@@ -135,15 +135,35 @@ class CausalSelfAttention(nn.Module):
         self.c_v = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.dropout = config.dropout
+        self.qkv_weight: torch.Tensor | None = None  # fuse_qkv() sets it, for inference
+
+    @torch.no_grad()
+    def fuse_qkv(self) -> None:
+        """Keep c_q, c_k and c_v also as one matrix, so that a forward pass projects with one
+        matmul and turns and normalizes q and k together: fewer, larger kernels, which is
+        what a decode step's time depends on. Training keeps them apart (Muon orthogonalizes
+        each matrix on its own). The fused copy serves only under torch.inference_mode (the
+        engine's), so training, its eval passes and the reference generator never read a
+        stale copy."""
+        self.qkv_weight = torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight])
+
+    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """q (B, T, H, D) and k (B, T, H_kv, D) turned by RoPE and normalized, and v."""
+        B, T, _ = x.shape
+        H, H_kv, D = self.n_head, self.n_kv_head, self.head_dim
+        if self.qkv_weight is None or not torch.is_inference_mode_enabled():
+            q = norm(apply_rotary(self.c_q(x).view(B, T, H, D), cos, sin))
+            k = norm(apply_rotary(self.c_k(x).view(B, T, H_kv, D), cos, sin))
+            return q, k, self.c_v(x).view(B, T, H_kv, D)
+        qkv = F.linear(x, self.qkv_weight).view(B, T, H + 2 * H_kv, D)
+        qk = norm(apply_rotary(qkv[:, :, : H + H_kv], cos, sin))
+        return qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + H_kv :]
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None
     ) -> torch.Tensor:
         B, T, C = x.shape
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
-        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
-        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
-        q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
+        q, k, v = self._qkv(x, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         if cache is not None:
             y = cache.attend(self.layer, q, k, v)

@@ -12,6 +12,7 @@ batch, and the same seed gives the same text alone or in a batch of 64.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -106,21 +107,31 @@ def gumbel_noise(key: torch.Tensor, drawn: torch.Tensor, ids: torch.Tensor) -> t
     return -torch.log(-torch.log(u))
 
 
+class RowSettings(NamedTuple):
+    """Each row's sampling settings as tensors (B,): temperature (0: greedy), top_k (V: no
+    cut), top_p (inf: no cut) and key (seed_key of its seed)."""
+
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    key: torch.Tensor
+
+
 def sample_rows(
-    logits: torch.Tensor,
-    temperature: torch.Tensor,
-    top_k: torch.Tensor,
-    top_p: torch.Tensor,
-    key: torch.Tensor,
-    drawn: torch.Tensor,
+    logits: torch.Tensor, settings: RowSettings, drawn: torch.Tensor, cuts: bool = True
 ) -> torch.Tensor:
-    """The next token id (B,) of each row of logits (B, V), under that row's temperature
-    (0: greedy), top_k (V: no cut), top_p (inf: no cut), key (seed_key of its seed) and
-    drawn count. The same cuts as sample_next: top_k first, then top_p over what top_k
-    kept."""
+    """The next token id (B,) of each row of logits (B, V), under that row's settings and
+    drawn count (B,). The same cuts as sample_next: top_k first, then top_p over what top_k
+    kept. `cuts=False` (no row cuts anything) skips the sort and gives the same tokens."""
+    temperature, top_k, top_p, key = settings
     logits = logits.float()
     greedy = logits.argmax(-1)
-    ordered, order = (logits / temperature.clamp(min=1e-6)[:, None]).sort(-1, descending=True)
+    scaled = logits / temperature.clamp(min=1e-6)[:, None]
+    if not cuts:
+        ids = torch.arange(logits.shape[-1], device=logits.device).expand_as(scaled)
+        picked = (scaled + gumbel_noise(key, drawn, ids)).argmax(-1)
+        return torch.where(temperature > 0, picked, greedy)
+    ordered, order = scaled.sort(-1, descending=True)
     rank = torch.arange(logits.shape[-1], device=logits.device)
     ordered = ordered.masked_fill(rank >= top_k[:, None], float("-inf"))
     probs = ordered.softmax(-1)
