@@ -23,6 +23,8 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
+import torch
+
 from xinslm.engine import Engine, Sequence
 from xinslm.sampling import Sampling
 
@@ -132,6 +134,10 @@ class EngineWorker:
     # --- the thread ------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self.engine.device.type == "cuda":
+            # A new thread starts on cuda:0; the engine's streams and graphs are made on the
+            # thread's current device, so it must be the model's (cuda:1, say).
+            torch.cuda.set_device(self.engine.device)
         try:
             while self._take_jobs(wait=not self.engine.busy):
                 if self.engine.busy:
