@@ -331,6 +331,7 @@ def live_server(checkpoint: str | Path, **build_app_kwargs: object) -> Iterator[
     uvicorn in a background thread on a free localhost port. Yields the base URL
     ("http://127.0.0.1:PORT"); the server stops on exit."""
     import uvicorn
+
     from xinslm.serve import build_app
 
     app = build_app(str(checkpoint), **{"device": "cpu", **build_app_kwargs})
