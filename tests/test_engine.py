@@ -174,3 +174,12 @@ def test_sampling_without_cuts_skips_the_sort_and_gives_the_same_tokens():
         n = torch.full((3,), drawn)
         cut = sample_rows(logits, settings, n)
         assert torch.equal(cut, sample_rows(logits, settings, n, cuts=False))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_on_a_second_gpu_graphs_match_eager_whichever_device_is_current():
+    model = context_model().to("cuda:1")
+    assert torch.cuda.current_device() == 0
+    eager = Engine(model, max_batch=4, graphs=False).generate_many(PROMPTS[:4], SETTINGS[:4])
+    graphed = Engine(model, max_batch=4).generate_many(PROMPTS[:4], SETTINGS[:4])
+    assert graphed == eager and [len(t) for t in eager] == [60, 30, 45, 100]

@@ -6,6 +6,7 @@ directly, in this process."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import http.client
@@ -663,3 +664,23 @@ def test_a_taken_port_is_one_line(chat_checkpoint, capsys) -> None:
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert err == f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+def test_updates_queued_behind_each_other_come_as_one():
+    """A stream that falls behind sends one chunk for several steps' tokens."""
+    from xinslm.engine_worker import Job, Update
+
+    async def read() -> list:
+        job = Job([1], Sampling(temperature=0), frozenset(), asyncio.get_running_loop())
+        job._queue.put_nowait(Update([1]))
+        first = [u async for u in _take_one(job)]
+        for update in (Update([2]), Update([3, 4]), Update([5], "length"), Update([9])):
+            job._queue.put_nowait(update)
+        return first + [u async for u in job.updates()]
+
+    async def _take_one(job):
+        async for update in job.updates():
+            yield update
+            return
+
+    assert asyncio.run(read()) == [Update([1]), Update([2, 3, 4, 5], "length")]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -146,10 +147,16 @@ class Engine:
     def busy(self) -> bool:
         return bool(self.rows or self.waiting)
 
-    @torch.inference_mode()
     def step(self) -> list[Sequence]:
         """Admit waiting sequences into free rows (prefill), then one decode step for every
         live one. Returns the sequences that got tokens or ended in this step."""
+        # The model's GPU is made current, whichever thread calls (streams and graphs are
+        # made on the current device).
+        on_device = torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext()
+        with on_device, torch.inference_mode():
+            return self._step()
+
+    def _step(self) -> list[Sequence]:
         touched: dict[int, Sequence] = {}
         for seq in [s for s in self.rows if s.cancelled]:
             self._finish(seq, "cancelled")

@@ -23,8 +23,6 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
-import torch
-
 from xinslm.engine import Engine, Sequence
 from xinslm.sampling import Sampling
 
@@ -74,12 +72,21 @@ class Job:
         """The job's updates as they come, up to and including the one with its finish
         reason; raises EngineFailed if the engine failed it."""
         while True:
-            update = await self._queue.get()
+            update = self._merge(await self._queue.get())
             if update.error is not None:
                 raise EngineFailed(f"{type(update.error).__name__}: {update.error}")
             yield update
             if update.finish_reason is not None:
                 return
+
+    def _merge(self, update: Update) -> Update:
+        """This update and those queued behind it as one: when the event loop falls behind
+        (many streams), it sends one chunk for several tokens instead of one per token."""
+        while update.error is None and update.finish_reason is None and not self._queue.empty():
+            later = self._queue.get_nowait()
+            tokens = update.tokens + later.tokens
+            update = Update(tokens, later.finish_reason, later.error)
+        return update
 
     # --- the worker thread's side ----------------------------------------------------
 
@@ -134,10 +141,6 @@ class EngineWorker:
     # --- the thread ------------------------------------------------------------------
 
     def _run(self) -> None:
-        if self.engine.device.type == "cuda":
-            # A new thread starts on cuda:0; the engine's streams and graphs are made on the
-            # thread's current device, so it must be the model's (cuda:1, say).
-            torch.cuda.set_device(self.engine.device)
         try:
             while self._take_jobs(wait=not self.engine.busy):
                 if self.engine.busy:
