@@ -316,7 +316,7 @@ class Engine:
                 t.copy_(before)
             graph = torch.cuda.CUDAGraph()
             pool = next(iter(self._graphs.values())).pool() if self._graphs else None
-            with torch.cuda.graph(graph, pool=pool):
+            with torch.cuda.graph(graph, pool=pool, stream=side):
                 self._decode(batch, length, mode)
             self._graphs[(batch, length, mode)] = graph
         return self._graphs[(batch, length, mode)]
