@@ -101,10 +101,10 @@ def engine_row(engine: Engine, batch: int, args) -> dict:
             if first is None and all(s.tokens for s in seqs):
                 first = time.perf_counter() - start
         total = time.perf_counter() - start
-        n = sum(len(s.tokens) for s in seqs)
+        n = sum(len(s.tokens) for s in seqs)  # fewer than --new where the context ends first
         return {
             "ttft ms": first * 1e3,
-            "decode tokens/s per seq": (args.new - 1) / (total - first),
+            "decode tokens/s per seq": (n / batch - 1) / (total - first),
             "tokens/s all": n / total,
         }
 
@@ -145,7 +145,8 @@ def bench_engine(args, device: torch.device) -> None:
         del fp32
     engine = Engine(model, max_batch=max(args.batches), graphs=args.graphs)
     name = f"engine {str(engine.dtype).removeprefix('torch.')}"
-    rows.append((f"{name} prefill, {args.prefill}-token prompt", prefill_row(engine, args)))
+    length = min(args.prefill, engine.config.context_len - 2)
+    rows.append((f"{name} prefill, {length}-token prompt", prefill_row(engine, args)))
     for batch in args.batches:
         start = time.perf_counter()
         row = engine_row(engine, batch, args)
