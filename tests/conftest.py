@@ -308,13 +308,17 @@ def save_random_chat_checkpoint(path: str | Path, seed: int = 3, context_len: in
     with seed 3 a reply that sometimes ends with <|end|>. Nothing is trained: it is instant."""
     from test_generate import context_model
 
-    model = context_model(seed=seed, context_len=context_len)
+    return save_model_checkpoint(path, context_model(seed=seed, context_len=context_len))
+
+
+def save_model_checkpoint(path: str | Path, model, step: int = 0) -> Path:
+    """A chat checkpoint of `model` with the byte tokenizer, as the server and CLI load one."""
     save_checkpoint(
         path,
         model=model.state_dict(),
         model_config=model.config.to_dict(),
         tokenizer=ByteTokenizer().identity(),
-        step=0,
+        step=step,
     )
     return Path(path)
 

@@ -9,11 +9,10 @@ import sys
 
 import pytest
 import torch
-from conftest import conversation_example, tiny_config, train_on
+from conftest import conversation_example, save_model_checkpoint, tiny_config, train_on
 
 from xinslm import cli
 from xinslm.chat_template import render_conversation, render_prompt
-from xinslm.checkpoint import save_checkpoint
 from xinslm.engine import Engine
 from xinslm.model import IGNORE_INDEX, NanoChatModel
 from xinslm.tokenizer import ByteTokenizer
@@ -36,15 +35,7 @@ def parrot(tmp_path_factory) -> str:
     y = torch.full((2, width), IGNORE_INDEX)
     y[0, : len(labels)], y[1, : len(doc) - 1] = torch.tensor(labels), torch.tensor(doc[1:])
     assert train_on(model, x, y, steps=200, lr=1e-2) < 0.01
-    path = tmp_path_factory.mktemp("ckpt") / "chat.pt"
-    save_checkpoint(
-        path,
-        model=model.state_dict(),
-        model_config=model.config.to_dict(),
-        tokenizer=BYTE.identity(),
-        step=200,
-    )
-    return str(path)
+    return str(save_model_checkpoint(tmp_path_factory.mktemp("ckpt") / "chat.pt", model, 200))
 
 
 def test_one_shot_answer_stops_at_end_of_turn(parrot: str, capsys) -> None:

@@ -20,18 +20,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, live_server, tiny_config
+from conftest import REPO, live_server, save_model_checkpoint, tiny_config
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from xinslm.checkpoint import save_checkpoint
 from xinslm.model import NanoChatModel
-from xinslm.tokenizer import ByteTokenizer
 
-BYTE = ByteTokenizer()
 CONTEXT = 4096
 SCREENSHOT = REPO / ".artifacts" / "chat-page.png"
 STATS = re.compile(r"(\d+) tokens · ([\d.]+) tokens/s")  # a reply of 0.1 s or more
@@ -78,14 +75,7 @@ def chatty_checkpoint(path: Path, context_len: int = CONTEXT) -> Path:
     with torch.no_grad():
         model.lm_head.weight.zero_()
         model.lm_head.weight[talk] = 8 * torch.randn(len(talk), model.config.n_embd)
-    save_checkpoint(
-        path,
-        model=model.state_dict(),
-        model_config=model.config.to_dict(),
-        tokenizer=BYTE.identity(),
-        step=0,
-    )
-    return path
+    return save_model_checkpoint(path, model)
 
 
 def refusal(base: str, body: dict) -> dict:
