@@ -212,25 +212,6 @@ def server_model(device: torch.device) -> NanoChatModel:
     return model
 
 
-def start_server(checkpoint: str, device: torch.device, max_batch: int):
-    """build_app served by uvicorn in a thread on a free port; returns (url, server)."""
-    import socket
-    import threading
-
-    import uvicorn
-
-    from xinslm.serve import build_app
-
-    app = build_app(checkpoint, device=str(device), max_batch=max_batch)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{sock.getsockname()[1]}", server
-
-
 def stream_one(url: str, i: int, max_tokens: int) -> dict:
     """One streaming chat request: when its first text came, when it ended, its tokens."""
     import json
@@ -283,6 +264,7 @@ def clients_row(url: str, clients: int, max_tokens: int) -> dict:
 def bench_server(args, device: torch.device) -> None:
     """N concurrent streaming clients against `xinslm serve` in this process."""
     from xinslm.checkpoint import save_checkpoint
+    from xinslm.serve import ServeSettings, serving
     from xinslm.tokenizer import ByteTokenizer
 
     model = server_model(device)
@@ -295,14 +277,14 @@ def bench_server(args, device: torch.device) -> None:
             tokenizer=ByteTokenizer().identity(),
             step=0,
         )
-        url, server = start_server(checkpoint, device, max(args.clients))
+        settings = ServeSettings(checkpoint, str(device), max_batch=max(args.clients))
         rows = []
-        for clients in args.clients:
-            clients_row(url, clients, args.new)  # untimed: graphs for this batch
-            runs = [clients_row(url, clients, args.new) for _ in range(args.repeats)]
-            row = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-            rows.append((f"{clients} streaming client{'s' * (clients > 1)}", row))
-        server.should_exit = True
+        with serving(settings) as url:
+            for clients in args.clients:
+                clients_row(url, clients, args.new)  # untimed: graphs for this batch
+                runs = [clients_row(url, clients, args.new) for _ in range(args.repeats)]
+                row = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                rows.append((f"{clients} streaming client{'s' * (clients > 1)}", row))
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"\nxinslm serve on {name}, {model.num_params() / 1e6:.1f}M params (vocab 261), "
           f"max_tokens {args.new}, greedy")  # fmt: skip

@@ -11,11 +11,8 @@ import io
 import os
 import runpy
 import shutil
-import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -330,30 +327,10 @@ def chat_checkpoint(tmp_path_factory) -> Path:
 
 
 @contextlib.contextmanager
-def live_server(checkpoint: str | Path, **build_app_kwargs: object) -> Iterator[str]:
-    """`xinslm serve` in this process: serve.build_app(checkpoint, device="cpu", ...) run by
-    uvicorn in a background thread on a free localhost port. Yields the base URL
-    ("http://127.0.0.1:PORT"); the server stops on exit."""
-    import uvicorn
+def live_server(checkpoint: str | Path, **settings: object) -> Iterator[str]:
+    """`xinslm serve` in this process (serve.serving), on the CPU unless `settings` say
+    otherwise, on a free localhost port. Yields the base URL ("http://127.0.0.1:PORT")."""
+    from xinslm.serve import ServeSettings, serving
 
-    from xinslm.serve import build_app
-
-    app = build_app(str(checkpoint), **{"device": "cpu", **build_app_kwargs})
-    # Bound here, before the thread starts: the port is known and already taken, no race.
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the test server did not start (see the log above)")
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with serving(ServeSettings(str(checkpoint), **{"device": "cpu", **settings})) as url:
+        yield url

@@ -34,10 +34,10 @@ def _load(args: argparse.Namespace):
 
 def _stream(engine, tokenizer, prompt_ids: list[int], args, stop_id: int) -> str:
     """Generate after prompt_ids, printing text as it comes; return all of it."""
+    from xinslm.reply_text import ReplyText
     from xinslm.sampling import Sampling
 
-    new: list[int] = []
-    printed = ""
+    reply = ReplyText(tokenizer)  # holds back a multi-byte character cut between tokens
     sampling = Sampling(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -46,16 +46,11 @@ def _stream(engine, tokenizer, prompt_ids: list[int], args, stop_id: int) -> str
         seed=args.seed,
     )
     for token in engine.generate(prompt_ids, sampling, {stop_id}):
-        new.append(token)
-        text = tokenizer.decode(new)
-        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            sys.stdout.write(text[len(printed) :])
-            sys.stdout.flush()
-            printed = text
-    text = tokenizer.decode(new)
-    sys.stdout.write(text[len(printed) :] + "\n")
+        sys.stdout.write(reply.add([token]))
+        sys.stdout.flush()
+    sys.stdout.write(reply.finish("stop") + "\n")
     sys.stdout.flush()
-    return text
+    return reply.text
 
 
 def _fit_history(conversation: list[dict], tokenizer, context_len: int, room: int) -> list[dict]:

@@ -9,7 +9,7 @@ batching).
   and gives its first token.
 - A decode step feeds every live sequence's last token at that sequence's own position and
   samples the next ones on the device (sampling.sample_rows). Its inputs and outputs live in
-  fixed device tensors, so on CUDA it is recorded once per (batch, length)
+  fixed device tensors, so on CUDA it is recorded once per (batch, length, sampling mode)
   bucket as a CUDA graph and then replayed: one launch per step, and one read of the new
   tokens per step for the whole batch, whatever the number of sequences.
 """
@@ -96,9 +96,9 @@ def _bucket(n: int, limit: int, smallest: int = 1) -> int:
 
 
 class Engine:
-    """Batched generation over one model. Not thread-safe: one thread calls `step` (the
-    server runs it in a worker thread); `add` and `Sequence.cancel` may come from others
-    only through that worker (see serve.py)."""
+    """Batched generation over one model. Not thread-safe: one thread calls `add` and
+    `step` (the server's engine_worker.py); other threads may only set a sequence's
+    `cancelled` flag."""
 
     def __init__(
         self,

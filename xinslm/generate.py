@@ -40,11 +40,11 @@ def generate(
     if len(prompt) >= context_len:
         raise XinslmError(f"prompt of {len(prompt)} tokens fills the context ({context_len})")
     model.eval()
-    device = next(model.parameters()).device
+    weight = next(model.parameters())
+    device = weight.device
     generator = torch.Generator(device=device).manual_seed(sampling.seed)
     ids = torch.tensor([prompt], dtype=torch.long, device=device)
-    dtype = next(model.parameters()).dtype
-    cache = KVCache(model.config, 1, device, dtype) if use_cache else None
+    cache = KVCache(model.config, 1, device, weight.dtype) if use_cache else None
     logits, _ = model(ids, cache=cache)
     steps = min(sampling.max_new_tokens, context_len - len(prompt))
     s = sampling

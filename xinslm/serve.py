@@ -25,6 +25,7 @@ import os
 import secrets
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
@@ -437,23 +438,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 # --- the app ---------------------------------------------------------------------------
 
 
-def build_app(
-    checkpoint: str,
-    *,
-    device: str = "auto",
-    api_key: str | None = None,
-    max_batch: int = 8,
-    encodings_dir: str = "../shared/data/tiktoken",
-    max_body_bytes: int = 1 << 20,
-) -> FastAPI:
-    """The server's app: the checkpoint loaded on `device`, its engine thread started when
-    the app starts and stopped when it stops."""
-    settings = ServeSettings(checkpoint, device, api_key, max_batch, encodings_dir, max_body_bytes)
-    return create_app(settings)
-
-
 def create_app(settings: ServeSettings) -> FastAPI:
-    """build_app with its settings in one object."""
+    """The server's app: the checkpoint loaded on settings.device, its engine thread started
+    when the app starts and stopped when it stops."""
     service = ModelService(settings)
 
     @contextlib.asynccontextmanager
@@ -507,6 +494,30 @@ def run_server(settings: ServeSettings, host: str, port: int) -> None:
         print(f"  chat page  {base}/", file=sys.stderr)
         print(f"  API        {base}/v1{key}", file=sys.stderr)
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def serving(settings: ServeSettings, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """The server in a background thread of this process (tests, benchmarks, a notebook),
+    on a free port unless one is named: yields its base URL, stops it on exit."""
+    import uvicorn
+
+    app = create_app(settings)
+    # Bound before the thread starts: the port is known and already taken, no race.
+    with _listen(host, port) as sock:
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not server.started:
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError("the server did not start (see the log above)")
+                time.sleep(0.01)
+            yield f"http://{_url_host(host)}:{sock.getsockname()[1]}"
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
 
 
 @contextlib.contextmanager
