@@ -6,6 +6,11 @@ one JSON object per line of the form ``{"messages": [{"role": ..., "content": ..
 The tasks are simple and regular (small arithmetic, spelling, opposites, capitals,
 colours, days of the week, small talk) so that a tiny model can partly learn them.
 
+The arithmetic answers (additions, subtractions, minutes to seconds) mark their arithmetic
+GSM8K-style with a calculator annotation ``<<expr=result>>`` right before the result, as in
+``3 + 4 = <<3+4=7>>7.`` or ``10 minutes is <<10*60=600>>600 seconds.``; the pipeline's
+render-chat turns each annotation into a calculator tool call (see xinslm/chat_template.py).
+
 The output is fully deterministic: running the script twice gives identical bytes.
 """
 
@@ -145,7 +150,7 @@ def task_add(rng: random.Random) -> tuple[str, str]:
             f"What do you get if you add {b} to {a}?",
         ]
     )
-    return question, f"{a} + {b} = {a + b}."
+    return question, f"{a} + {b} = <<{a}+{b}={a + b}>>{a + b}."
 
 
 def task_subtract(rng: random.Random) -> tuple[str, str]:
@@ -160,8 +165,8 @@ def task_subtract(rng: random.Random) -> tuple[str, str]:
         ]
     )
     if "apples" in question:
-        return question, f"You have {a - b} apples left."
-    return question, f"{a} - {b} = {a - b}."
+        return question, f"You have <<{a}-{b}={a - b}>>{a - b} apples left."
+    return question, f"{a} - {b} = <<{a}-{b}={a - b}>>{a - b}."
 
 
 def task_compare(rng: random.Random) -> tuple[str, str]:
@@ -259,7 +264,7 @@ def task_minutes(rng: random.Random) -> tuple[str, str]:
             f"{m} {unit} is how many seconds?",
         ]
     )
-    return question, f"{m} {unit} is {m * 60} seconds."
+    return question, f"{m} {unit} is <<{m}*60={m * 60}>>{m * 60} seconds."
 
 
 def task_color(rng: random.Random) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from xinslm.generate import chat_replies, continuations
 from xinslm.losses import assistant_loss, text_loss_and_bpb
 from xinslm.sampling import Sampling
 from xinslm.tokenizer import tokenizer_for
+from xinslm.tool_calls import Calculator
 
 BASE, CHAT, BLOCKS, CHATS = "checkpoints/base.pt", "checkpoints/chat.pt", "data/blocks", "data/chat"
 METRICS, SAMPLES = "eval/metrics.json", "eval/samples.json"
@@ -64,7 +65,8 @@ def main() -> None:
             )
             conversations = [[{"role": "user", "content": p}] for p in ev.prompts]
             engine = Engine(model, max_batch=len(ev.prompts) or 1)
-            replies = chat_replies(engine, tokenizer, conversations, sampling)
+            tool = Calculator(tokenizer) if ev.tool else None
+            replies = chat_replies(engine, tokenizer, conversations, sampling, tool)
             samples["chat"] = [
                 {"prompt": p, "reply": r} for p, r in zip(ev.prompts, replies, strict=True)
             ]

@@ -117,6 +117,8 @@ def set_params(cwd: Path, section: str, **values: object) -> None:
 
 # --- DVC repos ----------------------------------------------------------------------------
 
+# The tiny pipeline has no tasks (eval.tasks: []), so no evaluate-task stages: each costs a
+# process per rerun, and the tests that need them add tasks (test_pipeline's task test).
 ALL_STAGES = {
     "train-tokenizer",
     "tokenize-text",
@@ -126,12 +128,24 @@ ALL_STAGES = {
     "sft",
     "evaluate",
 }
+ANSWER_TASK = {
+    "name": "arithmetic",
+    "kind": "answer",
+    "path": "data/example_task_answer.jsonl",
+    "limit": 4,
+    "samples": 1,
+}
 # Small enough that the whole pipeline trains in seconds on two CPU cores.
 TINY_PIPELINE = {
     "model": {"n_layer": 1, "n_head": 2, "n_kv_head": 1, "n_embd": 32},
     "pretrain": {"max_steps": 4, "batch_size": 4, "eval_every": 2, "eval_batches": 1},
     "sft": {"max_steps": 3, "batch_size": 4, "eval_every": 2, "eval_batches": 1},
-    "eval": {"max_new_tokens": 8, "prompts": ["What is 2 plus 3?"], "base_prompts": ["The"]},
+    "eval": {
+        "max_new_tokens": 8,
+        "prompts": ["What is 2 plus 3?"],
+        "base_prompts": ["The"],
+        "tasks": [],
+    },
 }
 
 
@@ -230,9 +244,18 @@ def render_chat_files(
     context_len: int,
     on_error: str = "fail",
     overlong: str = "truncate",
+    tool_calls: bool = True,
+    decontaminate: tuple[str, ...] = (),
 ) -> dict:
     """render_chat over two JSONL files, with the chat section's settings as arguments."""
-    chat = ChatParams(input=str(train), val_input=str(val), on_error=on_error, overlong=overlong)
+    chat = ChatParams(
+        input=str(train),
+        val_input=str(val),
+        on_error=on_error,
+        overlong=overlong,
+        tool_calls=tool_calls,
+        decontaminate=list(decontaminate),
+    )
     return render_chat(chat, tokenizer, out, context_len)
 
 

@@ -39,13 +39,17 @@ def bpe(bpe_dir):
 def test_trained_bpe_has_the_asked_size_and_specials_after_it(bpe, bpe_dir) -> None:
     meta = json.loads((bpe_dir / "meta.json").read_text())
     assert meta["vocab_size"] == 300 and meta["trained_on_chars"] == len(TEXT)
-    assert bpe.vocab_size == 305
+    assert bpe.vocab_size == 309
     assert bpe.special == {
         "<|bos|>": 300,
         "<|system|>": 301,
         "<|user|>": 302,
         "<|assistant|>": 303,
         "<|end|>": 304,
+        "<|calc_start|>": 305,
+        "<|calc_end|>": 306,
+        "<|result_start|>": 307,
+        "<|result_end|>": 308,
     }
     # It learned merges: the training text takes far fewer tokens than bytes.
     assert len(bpe.encode(TEXT)) < len(TEXT.encode()) / 1.5
@@ -137,6 +141,6 @@ def test_retraining_in_the_same_place_loads_the_new_tokenizer(tmp_path, monkeypa
     # tiktoken's own loader caches files by path: a retrained BPE must not load as the old one.
     monkeypatch.chdir(tmp_path)
     train_bpe(iter([TEXT]), 280, "data/tokenizer")
-    assert get_tokenizer("bpe").vocab_size == 285
+    assert get_tokenizer("bpe").vocab_size == 289
     train_bpe(iter([TEXT]), 300, "data/tokenizer")
-    assert get_tokenizer("bpe").vocab_size == 305
+    assert get_tokenizer("bpe").vocab_size == 309

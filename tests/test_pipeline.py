@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ALL_STAGES, TINY_PIPELINE, command_env, copy_repo, edit_params, run
+from conftest import (
+    ALL_STAGES,
+    ANSWER_TASK,
+    TINY_PIPELINE,
+    command_env,
+    copy_repo,
+    edit_params,
+    run,
+)
 
 
 def stages_to_run(repo: Path) -> set[str]:
@@ -110,7 +118,7 @@ def test_trained_bpe_vocab_size_reruns_the_tokenizer_and_all_after_it(clean: Pat
     edit_params(clean, {"tokenizer": {"name": "bpe", "vocab_size": 300}})
     assert stages_rerun(clean) == ALL_STAGES
     meta = json.loads((clean / "data/tokens/meta.json").read_text())
-    assert meta["tokenizer"]["name"] == "bpe" and meta["tokenizer"]["vocab_size"] == 305
+    assert meta["tokenizer"]["name"] == "bpe" and meta["tokenizer"]["vocab_size"] == 309
     # With bpe, vocab_size makes another tokenizer, and every stage after it sees a changed
     # input (running them all again would only repeat the run above).
     edit_params(clean, {"tokenizer": {"vocab_size": 320}})
@@ -219,3 +227,49 @@ def test_metrics_and_exp_run(clean: Path) -> None:
     # The experiment reran sft and evaluate only: same base model, another chat model.
     assert five["base.val_bpb"] == commit["base.val_bpb"]
     assert five["chat.assistant_val_loss"] != commit["chat.assistant_val_loss"]
+
+
+def test_task_accuracies_in_exp_show_and_eval_edits_rerun_only_the_evaluation(
+    clean: Path,
+) -> None:
+    # Two tasks (the tiny pipeline has none): an answer task with pass@2 and a choice task.
+    # Only their stages run: nothing they read changed for the others.
+    repo = clean
+    tasks = [
+        {**ANSWER_TASK, "limit": 3, "samples": 2},
+        {"name": "facts", "kind": "choice", "path": "data/example_task_choice.jsonl",
+         "limit": 5, "samples": 1},
+    ]  # fmt: skip
+    flow = ", ".join("{" + ", ".join(f"{k}: {v}" for k, v in t.items()) + "}" for t in tasks)
+    out = run(["dvc", "exp", "run", "-S", f"eval.tasks=[{flow}]", "-n", "tasks"], repo).stdout
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {
+        "evaluate-task@0",
+        "evaluate-task@1",
+    }
+    table = run(["dvc", "exp", "show", "--no-pager", "--csv"], repo).stdout
+    row = next(r for r in csv.DictReader(io.StringIO(table)) if r["Experiment"] == "tasks")
+
+    def shown(file: str, key: str) -> str:  # exp show names a column by its file only if
+        return row.get(f"{file}:{key}", row.get(key))  # another file has that key too
+
+    answer, choice = "eval/tasks/arithmetic.json", "eval/tasks/facts.json"
+    assert (shown(answer, "items"), shown(answer, "tool"), shown(answer, "contaminated")) == (
+        "3",
+        "True",
+        "0",
+    )
+    assert 0 <= float(shown(answer, "accuracy")) <= float(shown(answer, "pass@2")) <= 1
+    assert 0 <= float(shown(choice, "accuracy")) <= 1
+    assert 0 <= float(shown(choice, "accuracy_norm")) <= 1
+    assert float(shown(choice, "random_baseline")) == 0.25
+    assert shown(choice, "contaminated") == "0"
+    rows = [json.loads(line) for line in (repo / "eval/tasks/arithmetic.jsonl").open()]
+    assert len(rows) == 3 and set(rows[0]) == {
+        "question", "reference", "reference_answer", "output", "answer", "correct",
+        "seen_in_training",
+    }  # fmt: skip
+    assert len(rows[0]["output"]) == 2 and rows[0]["reference_answer"] == "120"
+
+    # The calculator off: the evaluation stages are to rerun, nothing upstream of them.
+    edit_params(repo, {"eval": {"tool": False}})
+    assert stages_to_run(repo) == {"evaluate", "evaluate-task@0", "evaluate-task@1"}

@@ -42,7 +42,7 @@ def test_tokenize_text_splits_at_the_next_line_start(tmp_path):
     assert meta["documents"] == {"train": 1, "val": 1}
     assert meta["arrays"]["train"] == {"file": "train.bin", "dtype": "uint16", "shape": [10]}
     assert meta["arrays"]["val"] == {"file": "val.bin", "dtype": "uint16", "shape": [4]}
-    assert meta["tokenizer"] == {"name": "byte", "vocab_size": 261, "special": BYTE.special}
+    assert meta["tokenizer"] == {"name": "byte", "vocab_size": 265, "special": BYTE.special}
     assert dot_entries(tmp_path) == []
 
 
@@ -290,8 +290,8 @@ def test_read_meta_refuses_wrong_kind(tmp_path):
 
 def test_read_meta_refuses_another_tokenizer(tmp_path):
     write_meta(tmp_path, {"kind": "tokens", "tokenizer": BYTE.identity()})
-    other = {**BYTE.identity(), "vocab_size": 262}
-    with pytest.raises(XinslmError, match=re.escape("made with tokenizer vocab_size=261, but 262")):
+    other = {**BYTE.identity(), "vocab_size": 266}
+    with pytest.raises(XinslmError, match=re.escape("made with tokenizer vocab_size=265, but 266")):
         read_meta(tmp_path, "tokens", other)
     assert read_meta(tmp_path, "tokens", BYTE.identity())["kind"] == "tokens"
 

@@ -21,9 +21,13 @@ def test_byte_specials_follow_the_bytes_in_order():
         "<|user|>": 258,
         "<|assistant|>": 259,
         "<|end|>": 260,
+        "<|calc_start|>": 261,
+        "<|calc_end|>": 262,
+        "<|result_start|>": 263,
+        "<|result_end|>": 264,
     }
     assert list(tok.special) == list(SPECIAL_TOKENS)
-    assert (tok.bos_id, tok.end_id, tok.vocab_size) == (256, 260, 261)
+    assert (tok.bos_id, tok.end_id, tok.vocab_size) == (256, 260, 265)
 
 
 def test_byte_decode_with_a_special_in_the_middle():
@@ -50,12 +54,12 @@ def test_cl100k_hello_world(cl100k):
 def test_gpt2_specials_come_after_endoftext(gpt2):
     assert gpt2.bos_id == 50257
     assert gpt2.special["<|end|>"] == 50261
-    assert gpt2.vocab_size == 50262
+    assert gpt2.vocab_size == 50266
 
 
 def test_cl100k_specials_come_after_its_own_specials(cl100k):
     assert cl100k.bos_id == 100277
-    assert cl100k.vocab_size == 100282
+    assert cl100k.vocab_size == 100286
 
 
 def test_tiktoken_special_text_is_ordinary_text(tiktoken_tok):

@@ -63,7 +63,7 @@ def _check_message(m: object, i: int, previous: str | None) -> str:
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
-    """Yield (line number, parsed JSON or _BadLine) for each non-blank line.
+    """Yield (line number, parsed JSON or BadLine) for each non-blank line.
 
     Each line is decoded on its own, so a bad byte is reported on its own line and the lines
     around it still parse. A UTF-8 BOM and CRLF line endings are accepted."""
@@ -74,17 +74,17 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield lineno, _BadLine(f"not valid UTF-8 ({e.reason} at column {e.start + 1})")
+                yield lineno, BadLine(f"not valid UTF-8 ({e.reason} at column {e.start + 1})")
                 continue
             if not line.strip():
                 continue
             try:
                 yield lineno, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
-                yield lineno, _BadLine(f"malformed JSON: {e.msg} at column {e.colno}")
+                yield lineno, BadLine(f"malformed JSON: {e.msg} at column {e.colno}")
 
 
-class _BadLine:
+class BadLine:
     """A line that could not be parsed, carried to the caller so it can fail or skip it."""
 
     def __init__(self, problem: str) -> None:
@@ -106,7 +106,7 @@ def load_conversations(
     conversations, skipped = [], []
     for lineno, record in read_jsonl(path):
         try:
-            if isinstance(record, _BadLine):
+            if isinstance(record, BadLine):
                 raise ValueError(record.problem)
             conversations.append(validate_record(record))
         except ValueError as e:

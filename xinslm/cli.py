@@ -32,8 +32,9 @@ def _load(args: argparse.Namespace):
     return ckpt, Engine(model, max_batch=1), tokenizer
 
 
-def _stream(engine, tokenizer, prompt_ids: list[int], args, stop_id: int) -> str:
-    """Generate after prompt_ids, printing text as it comes; return all of it."""
+def _stream(engine, tokenizer, prompt_ids: list[int], args, stop_id: int, tool=None) -> str:
+    """Generate after prompt_ids, printing text as it comes; return all of it. With a tool
+    (the calculator), the model's calls are answered."""
     from xinslm.reply_text import ReplyText
     from xinslm.sampling import Sampling
 
@@ -45,7 +46,7 @@ def _stream(engine, tokenizer, prompt_ids: list[int], args, stop_id: int) -> str
         top_p=args.top_p,
         seed=args.seed,
     )
-    for token in engine.generate(prompt_ids, sampling, {stop_id}):
+    for token in engine.generate(prompt_ids, sampling, {stop_id}, tool):
         sys.stdout.write(reply.add([token]))
         sys.stdout.flush()
     sys.stdout.write(reply.finish("stop") + "\n")
@@ -69,8 +70,10 @@ def _fit_history(conversation: list[dict], tokenizer, context_len: int, room: in
 
 def cmd_chat(args: argparse.Namespace) -> None:
     from xinslm.chat_template import render_prompt
+    from xinslm.tool_calls import Calculator
 
     ckpt, engine, tokenizer = _load(args)
+    calculator = Calculator(tokenizer)
     context_len = engine.config.context_len
     room = min(args.max_new_tokens, context_len // 2)
     system = [{"role": "system", "content": args.system}] if args.system else []
@@ -78,7 +81,8 @@ def cmd_chat(args: argparse.Namespace) -> None:
         conversation = _fit_history(
             [*system, {"role": "user", "content": args.prompt}], tokenizer, context_len, room
         )
-        _stream(engine, tokenizer, render_prompt(conversation, tokenizer), args, tokenizer.end_id)
+        prompt = render_prompt(conversation, tokenizer)
+        _stream(engine, tokenizer, prompt, args, tokenizer.end_id, calculator)
         return
 
     print(f"xinslm chat with {args.checkpoint} (step {ckpt['step']}); {HELP_LINE}")
@@ -102,7 +106,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
         conversation = _fit_history(conversation, tokenizer, context_len, room)
         sys.stdout.write("assistant> ")
         prompt = render_prompt(conversation, tokenizer)
-        reply = _stream(engine, tokenizer, prompt, args, tokenizer.end_id)
+        reply = _stream(engine, tokenizer, prompt, args, tokenizer.end_id, calculator)
         conversation.append({"role": "assistant", "content": reply})
 
 

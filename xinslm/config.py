@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,8 @@ class ChatParams:
     val_input: str
     on_error: Literal["fail", "skip"]
     overlong: Literal["truncate", "drop"]
+    tool_calls: bool
+    decontaminate: list[str]
 
 
 @dataclass
@@ -150,6 +153,27 @@ def _check_device(device: str) -> None:
 
 
 @dataclass
+class TaskParams:
+    """One task of eval.tasks: its name (the file names of its results), kind, file, how
+    many of its items to use (0: all) and, for an answer task, samples per item (pass@k)."""
+
+    name: str
+    kind: Literal["answer", "choice"]
+    path: str
+    limit: int
+    samples: int
+
+    def check(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name) or self.name.startswith("."):
+            raise ValueError(f"name: {self.name!r} must be letters, digits, '_', '-' or '.'")
+        if self.limit < 0:
+            raise ValueError(f"limit: must be >= 0 (0: every item), got {self.limit}")
+        _positive("samples", self.samples)
+        if self.kind == "choice" and self.samples != 1:
+            raise ValueError("samples: a choice task scores each item once; set samples: 1")
+
+
+@dataclass
 class EvalParams:
     batch_size: int
     prompts: list[str]
@@ -160,8 +184,14 @@ class EvalParams:
     top_p: float
     seed: int
     device: str
+    tasks: list[TaskParams]
+    tool: bool
 
     def check(self) -> None:
+        names = [t.name for t in self.tasks]
+        if len(set(names)) < len(names):
+            twice = next(n for n in names if names.count(n) > 1)
+            raise ValueError(f"tasks: two tasks are named '{twice}'")
         _positive("batch_size", self.batch_size)
         _positive("max_new_tokens", self.max_new_tokens)
         _positive("top_k", self.top_k)
@@ -193,12 +223,11 @@ def _in_range(key: str, value: float, lo: float, hi: float) -> None:
         raise ValueError(f"{key}: must be between {lo} and {hi}, got {value}")
 
 
-def _check_type(key: str, value: object, hint: object) -> object:
-    """Return `value` if it fits the field's type (an int is accepted as a float)."""
+def _check_type(key: str, value: object, hint: object, where: str = "") -> object:
+    """Return `value` if it fits the field's type (an int is accepted as a float); a list of
+    dataclasses is built from a list of mappings, each checked like a section."""
     if typing.get_origin(hint) is list:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"{key}: expected a list of strings, got {value!r}")
-        return value
+        return _check_list(key, value, typing.get_args(hint)[0], where)
     if typing.get_origin(hint) is Literal:
         choices = typing.get_args(hint)
         if not any(value == c and type(value) is type(c) for c in choices):
@@ -213,32 +242,57 @@ def _check_type(key: str, value: object, hint: object) -> object:
     return value
 
 
-def parse_section(name: str, raw: object, source: str = "params.yaml"):
-    """Build the dataclass of section `name` from its raw mapping; errors name file and key."""
-    cls = SECTIONS[name]
+def _check_list(key: str, value: object, item: type, where: str) -> list:
+    """A list of strings, or of dataclasses built from mappings (each checked like a section)."""
+    if dataclasses.is_dataclass(item):
+        if not isinstance(value, list):
+            raise ValueError(f"{key}: expected a list of mappings, got {value!r}")
+        return [_build(item, v, f"{where}.{key}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{key}: expected a list of strings, got {value!r}")
+    return value
+
+
+class _Named(ValueError):
+    """A problem whose message already names the full key (`eval.tasks[0].limit: ...`)."""
+
+
+def _build(cls: type, raw: object, name: str):
+    """The dataclass `cls` from a raw mapping, every key present, known, typed and checked;
+    ValueError names the key (under `name`)."""
     if not isinstance(raw, dict):
-        raise XinslmError(f"{source}: section '{name}' must be a mapping of keys to values")
+        raise _Named(f"'{name}' must be a mapping of keys to values")
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - fields)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise XinslmError(
-            f"{source}: unknown key '{name}.{unknown[0]}' (known keys: {', '.join(sorted(fields))})"
-        )
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw]
+        known = ", ".join(sorted(fields))
+        raise _Named(f"unknown key '{name}.{unknown[0]}' (known keys: {known})")
+    missing = [f for f in fields if f not in raw]
     if missing:
-        raise XinslmError(
-            f"{source}: missing key '{name}.{missing[0]}': params.yaml holds every value in "
+        raise _Named(
+            f"missing key '{name}.{missing[0]}': params.yaml holds every value in "
             "effect, so each key must be set (the README's parameter tables list them)"
         )
     try:
-        values = {k: _check_type(k, v, hints[k]) for k, v in raw.items()}
-        params = cls(**values)
+        params = cls(**{k: _check_type(k, v, hints[k], name) for k, v in raw.items()})
         if hasattr(params, "check"):
             params.check()
+    except _Named:
+        raise
     except ValueError as e:
-        raise XinslmError(f"{source}: {name}.{e}") from None
+        raise _Named(f"{name}.{e}") from None
     return params
+
+
+def parse_section(name: str, raw: object, source: str = "params.yaml"):
+    """Build the dataclass of section `name` from its raw mapping; errors name file and key."""
+    if not isinstance(raw, dict):
+        raise XinslmError(f"{source}: section '{name}' must be a mapping of keys to values")
+    try:
+        return _build(SECTIONS[name], raw, name)
+    except ValueError as e:
+        raise XinslmError(f"{source}: {e}") from None
 
 
 def load_params(path: str | Path, *sections: str) -> tuple:

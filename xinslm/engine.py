@@ -12,6 +12,9 @@ batching).
   fixed device tensors, so on CUDA it is recorded once per (batch, length, sampling mode)
   bucket as a CUDA graph and then replayed: one launch per step, and one read of the new
   tokens per step for the whole batch, whatever the number of sequences.
+- A sequence with a tool (tool_calls.Calculator) has the tool's result forced in after a
+  call: for each result token, the token sampled at that step is replaced by it, on the
+  host and in the row's device state, so the model reads the result before going on.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +31,9 @@ import torch.nn.functional as F
 from xinslm.errors import XinslmError
 from xinslm.model import KVCache, NanoChatModel
 from xinslm.sampling import RowSettings, Sampling, sample_rows, seed_key
+
+if TYPE_CHECKING:
+    from xinslm.tool_calls import Calculator
 
 
 @dataclass(eq=False)
@@ -37,7 +44,9 @@ class Sequence:
     prompt: list[int]
     sampling: Sampling
     stop_ids: frozenset[int] = frozenset()
+    tool: Calculator | None = None
     tokens: list[int] = field(default_factory=list)
+    forced: deque[int] = field(default_factory=deque)  # the tool's tokens still to feed
     finish_reason: str | None = None
     cancelled: bool = False  # set from any thread; the engine drops it at its next step
 
@@ -132,14 +141,21 @@ class Engine:
 
     # --- the public side -------------------------------------------------------------
 
-    def add(self, prompt: list[int], sampling: Sampling, stop_ids: Iterable[int] = ()):
-        """Queue a sequence; it joins the batch at the next step with a free row."""
+    def add(
+        self,
+        prompt: list[int],
+        sampling: Sampling,
+        stop_ids: Iterable[int] = (),
+        tool: Calculator | None = None,
+    ) -> Sequence:
+        """Queue a sequence; it joins the batch at the next step with a free row. With a
+        tool, each call the sequence makes is answered (see the module docstring)."""
         context_len = self.config.context_len
         if not prompt:
             raise XinslmError("empty prompt: give at least one token (e.g. BOS)")
         if len(prompt) >= context_len:
             raise XinslmError(f"prompt of {len(prompt)} tokens fills the context ({context_len})")
-        seq = Sequence(list(prompt), sampling, frozenset(stop_ids))
+        seq = Sequence(list(prompt), sampling, frozenset(stop_ids), tool)
         self.waiting.append(seq)
         return seq
 
@@ -177,10 +193,14 @@ class Engine:
         return list(touched.values())
 
     def generate(
-        self, prompt: list[int], sampling: Sampling, stop_ids: Iterable[int] = ()
+        self,
+        prompt: list[int],
+        sampling: Sampling,
+        stop_ids: Iterable[int] = (),
+        tool: Calculator | None = None,
     ) -> Iterator[int]:
         """Yield one sequence's new tokens as they come (the engine serves only it)."""
-        seq = self.add(prompt, sampling, stop_ids)
+        seq = self.add(prompt, sampling, stop_ids, tool)
         sent = 0
         while not (seq.done and sent == len(seq.tokens)):
             if not seq.done:
@@ -189,11 +209,15 @@ class Engine:
             sent = len(seq.tokens)
 
     def generate_many(
-        self, prompts: list[list[int]], samplings: list[Sampling], stop_ids: Iterable[int] = ()
+        self,
+        prompts: list[list[int]],
+        samplings: list[Sampling],
+        stop_ids: Iterable[int] = (),
+        tool: Calculator | None = None,
     ) -> list[list[int]]:
         """Every prompt's new tokens, decoded together (max_batch at a time)."""
         stop = frozenset(stop_ids)
-        seqs = [self.add(p, s, stop) for p, s in zip(prompts, samplings, strict=True)]
+        seqs = [self.add(p, s, stop, tool) for p, s in zip(prompts, samplings, strict=True)]
         while not all(seq.done for seq in seqs):
             self.step()
         return [seq.tokens for seq in seqs]
@@ -234,10 +258,15 @@ class Engine:
             state[rows] = torch.tensor(column, dtype=state.dtype)
 
     def _accept(self, seq: Sequence, token: int) -> None:
-        if token in seq.stop_ids:
+        if seq.forced:  # the tool's next token replaces the sampled one, here and on the device
+            token = seq.forced.popleft()
+            self.token[self.rows.index(seq)] = token
+        elif token in seq.stop_ids:
             self._finish(seq, "stop")
             return
         seq.tokens.append(token)
+        if seq.tool is not None and token == seq.tool.trigger:
+            seq.forced.extend(seq.tool.respond(seq.tokens))
         full = len(seq.prompt) + len(seq.tokens) >= self.config.context_len
         if full or len(seq.tokens) >= seq.sampling.max_new_tokens:
             self._finish(seq, "length")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from xinslm.engine import Engine, Sequence
 from xinslm.sampling import Sampling
+from xinslm.tool_calls import Calculator
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,10 @@ class Job:
         sampling: Sampling,
         stop_ids: frozenset[int],
         loop: asyncio.AbstractEventLoop,
+        tool: Calculator | None = None,
     ) -> None:
         self.prompt, self.sampling, self.stop_ids = prompt, sampling, stop_ids
+        self.tool = tool
         self.cancelled = False
         self._loop = loop
         self._queue: asyncio.Queue[Update] = asyncio.Queue()
@@ -130,11 +133,18 @@ class EngineWorker:
             self._thread.join()
             self._thread = None
 
-    def submit(self, prompt: list[int], sampling: Sampling, stop_ids: Iterable[int]) -> Job:
-        """Queue a request (call from the event loop); read its tokens with `job.updates()`."""
+    def submit(
+        self,
+        prompt: list[int],
+        sampling: Sampling,
+        stop_ids: Iterable[int],
+        tool: Calculator | None = None,
+    ) -> Job:
+        """Queue a request (call from the event loop); read its tokens with `job.updates()`.
+        With a tool, the sequence's calculator calls are answered."""
         if self._thread is None or not self._thread.is_alive():
             raise RuntimeError("the engine worker is not running")
-        job = Job(list(prompt), sampling, frozenset(stop_ids), asyncio.get_running_loop())
+        job = Job(list(prompt), sampling, frozenset(stop_ids), asyncio.get_running_loop(), tool)
         self._inbox.put(job)
         return job
 
@@ -165,7 +175,7 @@ class EngineWorker:
 
     def _add(self, job: Job) -> None:
         try:
-            seq = self.engine.add(job.prompt, job.sampling, job.stop_ids)
+            seq = self.engine.add(job.prompt, job.sampling, job.stop_ids, job.tool)
         except Exception as error:  # the server checks prompts first; fail only this one
             job._push(Update(error=error))
             return

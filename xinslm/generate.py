@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from xinslm.chat_template import render_prompt
+from xinslm.chat_template import decode_reply, render_prompt
 from xinslm.engine import Engine
 from xinslm.errors import XinslmError
 from xinslm.model import KVCache, NanoChatModel
@@ -22,6 +22,7 @@ from xinslm.sampling import Sampling, sample_next
 
 if TYPE_CHECKING:
     from xinslm.tokenizer import Tokenizer
+    from xinslm.tool_calls import Calculator
 
 
 @torch.no_grad()
@@ -61,13 +62,17 @@ def generate(
 
 
 def chat_replies(
-    engine: Engine, tokenizer: Tokenizer, conversations: list[list[dict]], sampling: Sampling
+    engine: Engine,
+    tokenizer: Tokenizer,
+    conversations: list[list[dict]],
+    sampling: Sampling,
+    tool: Calculator | None = None,
 ) -> list[str]:
     """The model's next assistant message after each conversation (each ends with a user
-    turn), decoded together."""
+    turn), decoded together; with a tool, its calls answered (shown as <<expr=result>>)."""
     prompts = [render_prompt(conversation, tokenizer) for conversation in conversations]
-    replies = engine.generate_many(prompts, [sampling] * len(prompts), {tokenizer.end_id})
-    return [tokenizer.decode(ids) for ids in replies]
+    replies = engine.generate_many(prompts, [sampling] * len(prompts), {tokenizer.end_id}, tool)
+    return [decode_reply(tokenizer, ids) for ids in replies]
 
 
 def continuations(

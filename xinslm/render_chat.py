@@ -2,7 +2,10 @@
 
 Per split: `{split}_ids.bin` (token ids), `{split}_mask.bin` (uint8, 1 where the token is a
 learned target) and `{split}_offsets.bin` (int64, conversation i is ids[offsets[i]:offsets[i+1]]),
-plus meta.json with the counts and every skipped record.
+plus meta.json with the counts and every skipped record. For the train split also the
+fingerprints of each conversation's user messages (`train_fingerprints.bin`, int64 hashes,
+and `train_fingerprint_owners.bin`, the conversation of each; see contamination.py), which
+evaluate-task checks its questions against.
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ from xinslm.atomic import atomic_dir
 from xinslm.chat_records import Conversation, load_conversations
 from xinslm.chat_template import fit_conversation, render_conversation
 from xinslm.config import ChatParams
+from xinslm.contamination import (
+    conversation_fingerprints,
+    fingerprint_table,
+    matching_conversations,
+    task_questions,
+)
 from xinslm.errors import XinslmError
 from xinslm.tokenizer import Tokenizer
 
@@ -32,13 +41,17 @@ def render_chat(
     for split, path in (("train", chat.input), ("val", chat.val_input)):
         splits[split], bad = load_conversations(path, chat.on_error)
         skipped += bad
+    splits["train"], decontaminated = _decontaminate(splits["train"], chat.decontaminate)
     counts = {"truncated": 0, "dropped": 0}
     arrays, sizes, dtype = {}, {}, token_dtype(tokenizer.vocab_size)
     with atomic_dir(out_dir) as tmp:
+        kept: dict[str, list] = {}  # each split's conversations that were written
         for split, conversations in splits.items():
-            rows = (_fit(c, tokenizer, context_len, chat.overlong, counts) for c in conversations)
+            kept[split] = []
+            rows = _rows(conversations, tokenizer, context_len, chat, counts, kept[split])
             written, sizes[split] = _write_split(tmp, split, rows, dtype)
             arrays.update(written)
+        arrays.update(_write_fingerprints(tmp, kept["train"]))
         if sizes["train"] == 0:
             raise XinslmError(
                 f"{chat.input}: every training conversation is longer than context_len "
@@ -53,21 +66,68 @@ def render_chat(
             "skipped": len(skipped),
             "skipped_records": skipped[:100],
             **counts,
+            "tool_calls": chat.tool_calls,
+            "decontaminated": decontaminated,
             "sources": {"train": str(chat.input), "val": str(chat.val_input)},
         }
         write_meta(tmp, meta)
     return meta
 
 
+def _decontaminate(
+    conversations: list[Conversation], task_files: list[str]
+) -> tuple[list[Conversation], dict]:
+    """The conversations none of whose user messages matches a question of the task files,
+    and what was dropped per file."""
+    report = {}
+    for path in task_files:
+        hashes, owners = fingerprint_table(conversation_fingerprints(c) for c in conversations)
+        questions = task_questions(path)
+        drop = set(matching_conversations(hashes, owners, questions).tolist())
+        conversations = [c for i, c in enumerate(conversations) if i not in drop]
+        report[str(path)] = {"questions": len(questions), "dropped": len(drop)}
+    return conversations, report
+
+
+def _write_fingerprints(directory: Path, conversations: list[Conversation]) -> dict:
+    hashes, owners = fingerprint_table(conversation_fingerprints(c) for c in conversations)
+    arrays = {}
+    for name, values in (("train_fingerprints", hashes), ("train_fingerprint_owners", owners)):
+        with ArrayWriter(directory / f"{name}.bin", np.int64) as out:
+            out.write(values)
+            arrays[name] = out.close()
+    return arrays
+
+
+def _rows(
+    conversations: list[Conversation],
+    tokenizer: Tokenizer,
+    context_len: int,
+    chat: ChatParams,
+    counts: dict,
+    kept: list[Conversation],
+) -> Iterator[tuple | None]:
+    """Each conversation's (ids, flags), or None where dropped; `kept` collects the others."""
+    for conversation in conversations:
+        row = _fit(conversation, tokenizer, context_len, chat, counts)
+        if row is not None:
+            kept.append(conversation)
+        yield row
+
+
 def _fit(
-    conversation: Conversation, tokenizer: Tokenizer, context_len: int, overlong: str, counts: dict
+    conversation: Conversation,
+    tokenizer: Tokenizer,
+    context_len: int,
+    chat: ChatParams,
+    counts: dict,
 ) -> tuple[list, list] | None:
     """The conversation's (ids, learned flags), cut back to fit context_len; None if dropped."""
-    ids, learned = render_conversation(conversation, tokenizer)
+    ids, learned = render_conversation(conversation, tokenizer, chat.tool_calls)
     if len(ids) <= context_len:
         return ids, learned
-    fitted = fit_conversation(conversation, tokenizer, context_len)
-    if overlong == "drop" or fitted is None:
+    fitted = fit_conversation(conversation, tokenizer, context_len, chat.tool_calls)
+    if chat.overlong == "drop" or fitted is None:
         counts["dropped"] += 1
         return None
     counts["truncated"] += 1

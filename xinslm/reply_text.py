@@ -7,7 +7,8 @@ Text is shown only once it is final:
 - never the end of it that could be the start of a stop string: if the stop string then
   completes, the reply ends before it, and that text must never have been shown.
 
-Tokens are decoded once each: the text up to a clean character boundary is kept, and only
+Calculator calls show as <<expr=result>> (chat_template.decode_reply). Tokens are decoded
+once each: the text up to a clean character boundary is kept, and only
 the tokens after it are decoded again at the next step.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from xinslm.chat_template import decode_reply
 from xinslm.tokenizer import Tokenizer
 
 
@@ -42,7 +44,7 @@ class ReplyText:
         self.tokens += tokens
         if self.finish_reason is not None:
             return ""
-        tail = self._tokenizer.decode(self.tokens[self._clean :])
+        tail = decode_reply(self._tokenizer, self.tokens[self._clean :])
         if tail.endswith("\ufffd"):
             return ""  # wait for the rest of the character
         self._decoded += tail
@@ -54,7 +56,7 @@ class ReplyText:
         shows as U+FFFD), up to a stop string if one is in it."""
         if self.finish_reason is not None:
             return ""
-        text = self._decoded + self._tokenizer.decode(self.tokens[self._clean :])
+        text = self._decoded + decode_reply(self._tokenizer, self.tokens[self._clean :])
         rest = self._show(text, final=True)
         self.finish_reason = self.finish_reason or reason
         return rest

@@ -56,6 +56,7 @@ from xinslm.openai_schema import (
 from xinslm.reply_text import ReplyText
 from xinslm.sampling import Sampling
 from xinslm.tokenizer import tokenizer_for
+from xinslm.tool_calls import Calculator
 
 PAGE = Path(__file__).parent / "static" / "index.html"
 API_KEY_ENV = "XINSLM_API_KEY"
@@ -100,6 +101,7 @@ class ModelService:
         self.device = pick_device(settings.device)
         model = model_from_checkpoint(ckpt).to(self.device)
         self.tokenizer = tokenizer_for(ckpt["tokenizer"], path, settings.encodings_dir)
+        self.calculator = Calculator(self.tokenizer)  # answers a chat reply's calculator calls
         self.worker = EngineWorker(lambda: Engine(model, max_batch=settings.max_batch))
         self.context_len = model.config.context_len
         self.model_id, self.created = path.stem, int(path.stat().st_mtime)
@@ -268,7 +270,12 @@ def _engine_error(e: EngineFailed) -> ApiError:
 
 
 async def _generate(
-    request: Request, body: GenerationRequest, prompt: list[int], kind: type, stop_id: int
+    request: Request,
+    body: GenerationRequest,
+    prompt: list[int],
+    kind: type,
+    stop_id: int,
+    tool: Calculator | None = None,
 ) -> Response:
     service: ModelService = request.app.state.service
     prompt_param = "messages" if kind is ChatKind else "prompt"
@@ -276,7 +283,7 @@ async def _generate(
     reply = Reply(
         kind=kind,
         model=service.model_id,
-        job=service.worker.submit(prompt, sampling, {stop_id}),
+        job=service.worker.submit(prompt, sampling, {stop_id}, tool),
         text=ReplyText(service.tokenizer, body.stop or ()),
         prompt_tokens=len(prompt),
         include_usage=body.include_usage(),
@@ -297,7 +304,8 @@ async def chat_completions(body: ChatRequest, request: Request) -> Response:
     messages = [m.for_template() for m in body.messages]
     prompt = render_prompt(messages, service.tokenizer)
     # A reply ends at the end-of-turn token, as in `xinslm chat`.
-    return await _generate(request, body, prompt, ChatKind, service.tokenizer.end_id)
+    end_id = service.tokenizer.end_id
+    return await _generate(request, body, prompt, ChatKind, end_id, service.calculator)
 
 
 async def completions(body: CompletionRequest, request: Request) -> Response:

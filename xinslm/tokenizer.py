@@ -26,8 +26,19 @@ ENCODE_THREADS = os.cpu_count() or 1
 BPE_DIR = "data/tokenizer"  # where the train-tokenizer stage writes a trained BPE
 BPE_FILE = "bpe.tiktoken"
 
-# The chat template's special tokens, in id order after the ordinary vocabulary.
-SPECIAL_TOKENS = ("<|bos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+# The chat template's special tokens, in id order after the ordinary vocabulary: BOS, the
+# role markers and end of turn, then the calculator tool's call and result delimiters.
+SPECIAL_TOKENS = (
+    "<|bos|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+    "<|calc_start|>",
+    "<|calc_end|>",
+    "<|result_start|>",
+    "<|result_end|>",
+)
 
 _R50K_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 _CL100K_PAT = (

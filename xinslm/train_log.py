@@ -101,7 +101,20 @@ class LiveLog(ConsoleLog):
 
 def open_log(name: str, live_dir: str | Path | None, main: bool) -> TrainLog:
     """The log of a stage's process: dvclive and the console on rank 0 (the console only
-    without a dvclive folder), nothing on the others."""
+    without a dvclive folder, or where dvclive is not installed: a stage script run by hand
+    on a machine without DVC), nothing on the others."""
     if not main:
         return TrainLog()
+    if live_dir is not None and not _has_dvclive():
+        print(f"{name}: dvclive is not installed: no curves in {live_dir}, the console only")
+        live_dir = None
     return LiveLog(name, live_dir) if live_dir is not None else ConsoleLog(name)
+
+
+def _has_dvclive() -> bool:
+    # An import, not a lookup: the repo's own dvclive/ folder of curves would pass for one.
+    try:
+        from dvclive import Live  # noqa: F401
+    except ImportError:
+        return False
+    return True
