@@ -17,6 +17,8 @@ def main() -> None:
         f"render-chat: {n['train']:,} train and {n['val']:,} val conversations -> {OUT} "
         f"({meta['skipped']} skipped, {meta['truncated']} truncated, {meta['dropped']} dropped)"
     )
+    for path, dropped in meta["decontaminated"].items():
+        print(f"  decontaminated: {dropped['dropped']} conversations hold a question of {path}")
     for problem in meta["skipped_records"][:5]:
         print(f"  skipped {problem}")
 
