@@ -270,6 +270,8 @@ def test_task_accuracies_in_exp_show_and_eval_edits_rerun_only_the_evaluation(
     }  # fmt: skip
     assert len(rows[0]["output"]) == 2 and rows[0]["reference_answer"] == "120"
 
-    # The calculator off: the evaluation stages are to rerun, nothing upstream of them.
+    # One task's limit: that task alone. The calculator off: every evaluation stage.
+    edit_params(repo, {"eval": {"tasks": [tasks[0], {**tasks[1], "limit": 6}]}})
+    assert stages_to_run(repo) == {"evaluate-task@1"}
     edit_params(repo, {"eval": {"tool": False}})
     assert stages_to_run(repo) == {"evaluate", "evaluate-task@0", "evaluate-task@1"}

@@ -70,7 +70,7 @@ class StandInEngine:
 def test_a_model_that_gives_the_reference_scores_everything():
     engine = StandInEngine(lambda item, j: item.reference)
     rows, metrics = run_answer_task(engine, BYTE, answer_items(), 1, SAMPLING, None)
-    assert metrics == {"items": 3, "accuracy": 1.0}
+    assert metrics == {"items": 3, "accuracy": 1.0, "too_long": 0}
     assert [r["correct"] for r in rows] == [True, True, True]
     assert rows[1] == {
         "question": "Price?",
@@ -83,6 +83,17 @@ def test_a_model_that_gives_the_reference_scores_everything():
     ((samplings, stop_ids, _),) = engine.asked
     assert stop_ids == {BYTE.end_id}
     assert all(s.temperature == 0 for s in samplings)  # one sample per item: greedy
+
+
+def test_a_question_that_fills_the_context_is_not_asked_and_counts_as_wrong():
+    engine = StandInEngine(lambda item, j: item.reference)
+    engine.config = type("config", (), {"context_len": 16})  # "2+2?" fits, the others do not
+    items = [answer_items()[0], AnswerItem([{"role": "user", "content": "x" * 20}], "#### 1", "1")]
+    rows, metrics = run_answer_task(engine, BYTE, items, 1, SAMPLING, None)
+    assert metrics == {"items": 2, "accuracy": 0.5, "too_long": 1}
+    assert (rows[1]["output"], rows[1]["answer"], rows[1]["correct"]) == (None, None, False)
+    ((samplings, _, _),) = engine.asked
+    assert len(samplings) == 1
 
 
 def test_a_model_that_gives_a_wrong_number_scores_nothing():

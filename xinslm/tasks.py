@@ -122,51 +122,48 @@ def run_answer_task(
     tool: Calculator | None,
 ) -> tuple[list[dict], dict]:
     """Reply to every item (`samples` times each: greedily when 1, else with `sampling` and
-    seeds sampling.seed + j), decoded together; the rows and the metrics."""
+    seeds sampling.seed + j), decoded together; the rows and the metrics. A question that
+    fills the model's context gets no reply and counts as wrong (`too_long`)."""
     context_len = engine.config.context_len
-    prompts, settings = [], []
-    for item in items:
-        prompt = render_prompt(item.prompt, tokenizer)
-        if len(prompt) >= context_len:
-            raise XinslmError(
-                f"a question of {len(prompt)} tokens fills the model's context ({context_len}): "
-                f"{item.question[:60]!r}"
-            )
-        for j in range(samples):
-            prompts.append(prompt)
-            seeded = Sampling(
-                max_new_tokens=context_len,  # a reply runs to <|end|> or the context's end
-                temperature=sampling.temperature if samples > 1 else 0.0,
-                top_k=sampling.top_k,
-                top_p=sampling.top_p,
-                seed=sampling.seed + j,
-            )
-            settings.append(seeded)
-    replies = engine.generate_many(prompts, settings, {tokenizer.end_id}, tool)
+    prompts = [render_prompt(item.prompt, tokenizer) for item in items]
+    fits = [len(p) < context_len for p in prompts]
+    asked = [(p, j) for p, fit in zip(prompts, fits, strict=True) if fit for j in range(samples)]
+    settings = [
+        Sampling(
+            max_new_tokens=context_len,  # a reply runs to <|end|> or the context's end
+            temperature=sampling.temperature if samples > 1 else 0.0,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            seed=sampling.seed + j,
+        )
+        for _, j in asked
+    ]
+    replies = iter(engine.generate_many([p for p, _ in asked], settings, {tokenizer.end_id}, tool))
     rows, correct_counts = [], []
-    for i, item in enumerate(items):
-        outputs = [decode_reply(tokenizer, r) for r in replies[i * samples : (i + 1) * samples]]
-        answers = [extract_answer(o) for o in outputs]
-        correct = [a == item.reference_answer for a in answers]
+    for item, fit in zip(items, fits, strict=True):
+        outputs = [decode_reply(tokenizer, next(replies)) if fit else None for _ in range(samples)]
+        answers = [extract_answer(o) if o is not None else None for o in outputs]
+        correct = [a is not None and a == item.reference_answer for a in answers]
         correct_counts.append(sum(correct))
+        one = samples == 1  # one reply: plain values; n: lists
         rows.append(
             {
                 "question": item.question,
                 "reference": item.reference,
                 "reference_answer": item.reference_answer,
-                "output": outputs[0] if samples == 1 else outputs,
-                "answer": answers[0] if samples == 1 else answers,
-                "correct": correct[0] if samples == 1 else correct,
+                "output": outputs[0] if one else outputs,
+                "answer": answers[0] if one else answers,
+                "correct": correct[0] if one else correct,
             }
         )
     metrics = {
         "items": len(items),
         "accuracy": sum(c / samples for c in correct_counts) / len(items),
+        "too_long": fits.count(False),
     }
     if samples > 1:
-        metrics[f"pass@{samples}"] = sum(
-            pass_at_k(samples, c, samples) for c in correct_counts
-        ) / len(items)
+        passed = [pass_at_k(samples, c, samples) for c in correct_counts]
+        metrics[f"pass@{samples}"] = sum(passed) / len(items)
     return rows, metrics
 
 
@@ -174,19 +171,18 @@ def run_answer_task(
 def run_choice_task(
     model: NanoChatModel, tokenizer: Tokenizer, items: list[ChoiceItem]
 ) -> tuple[list[dict], dict]:
-    """Score each item's choices as replies to its question; the rows and the metrics."""
-    rows, hits, hits_norm = [], 0, 0
+    """Score each item's choices as replies to its question; the rows and the metrics. An
+    item whose question and longest choice do not fit the context counts as wrong."""
+    rows, hits, hits_norm, too_long = [], 0, 0, 0
     for item in items:
         context = render_prompt([{"role": "user", "content": item.question}], tokenizer)
         continuations = [[*tokenizer.encode(c), tokenizer.end_id] for c in item.choices]
-        longest = len(context) + max(len(c) for c in continuations)
-        if longest > model.config.context_len:
-            raise XinslmError(
-                f"a question and its longest choice take {longest} tokens, more than the "
-                f"model's context ({model.config.context_len}): {item.question[:60]!r}"
-            )
-        logprobs = continuation_logprobs(model, context, continuations)
-        pick, pick_norm = pick_choice(logprobs, item.choices)
+        if len(context) + max(len(c) for c in continuations) > model.config.context_len:
+            too_long += 1  # no score for a choice the model cannot read whole: wrong
+            logprobs, pick, pick_norm = None, None, None
+        else:
+            logprobs = continuation_logprobs(model, context, continuations)
+            pick, pick_norm = pick_choice(logprobs, item.choices)
         hits += pick == item.answer
         hits_norm += pick_norm == item.answer
         rows.append(
@@ -194,7 +190,7 @@ def run_choice_task(
                 "question": item.question,
                 "choices": item.choices,
                 "reference": item.answer,
-                "logprobs": [round(lp, 4) for lp in logprobs],
+                "logprobs": None if logprobs is None else [round(lp, 4) for lp in logprobs],
                 "prediction": pick,
                 "prediction_norm": pick_norm,
                 "correct": pick == item.answer,
@@ -206,6 +202,7 @@ def run_choice_task(
         "accuracy": hits / len(items),
         "accuracy_norm": hits_norm / len(items),
         "random_baseline": sum(1 / len(item.choices) for item in items) / len(items),
+        "too_long": too_long,
     }
     return rows, metrics
 
