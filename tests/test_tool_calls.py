@@ -3,11 +3,13 @@ learns and a result it does not; at generation the engine answers a call by forc
 result tokens in; replies read back as <<expr=result>>."""
 
 import json
+import urllib.request
 
 import pytest
 import torch
-from conftest import render_chat_files
+from conftest import live_server, render_chat_files, save_model_checkpoint
 
+from xinslm import cli
 from xinslm.artifact import open_array, read_meta
 from xinslm.chat_template import decode_reply, render_conversation, render_prompt
 from xinslm.engine import Engine
@@ -165,3 +167,32 @@ def test_chat_replies_show_the_call_and_its_result():
     replies = chat_replies(engine, BYTE, [conversation], GREEDY, Calculator(BYTE))
     assert replies == ["<<6*7=42>>A"]
     assert chat_replies(engine, BYTE, [conversation], GREEDY) == ["<<6*7=X"]
+
+
+# --- the CLI and the server answer calls too ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def calling_checkpoint(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("tool") / "chat.pt"
+    return str(save_model_checkpoint(path, bigram_model(CHAIN)))
+
+
+def test_xinslm_chat_answers_the_models_calls(calling_checkpoint, capsys):
+    greedy = ["--temperature", "0", "--max-new-tokens", "30", "--device", "cpu"]
+    cli.main(["chat", "--checkpoint", calling_checkpoint, "-p", "six times seven?", *greedy])
+    assert capsys.readouterr().out == "<<6*7=42>>A\n"
+
+
+def test_the_servers_chat_endpoint_answers_the_models_calls(calling_checkpoint):
+    body = {"messages": [{"role": "user", "content": "six times seven?"}], "temperature": 0}
+    with live_server(calling_checkpoint) as url:
+        request = urllib.request.Request(
+            f"{url}/v1/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request) as response:
+            reply = json.load(response)
+    assert reply["choices"][0]["message"]["content"] == "<<6*7=42>>A"
+    assert reply["choices"][0]["finish_reason"] == "stop"
