@@ -89,6 +89,7 @@ def test_tokenizer_names_are_byte_bpe_and_the_tiktoken_encodings():
     assert typing.get_args(TokenizerName) == ("byte", "bpe", *TIKTOKEN_ENCODINGS)
 
 
+TASK = {"name": "t", "kind": "answer", "path": "t.jsonl", "limit": 0, "samples": 1}
 BAD_PARAMS = [
     ({"pretrain": {"lrr": 0.1}}, f"unknown key 'pretrain.lrr' (known keys: {PRETRAIN_KEYS})"),
     ({"pretrain": {"compile": "yes"}}, "pretrain.compile: 'yes' is not one of auto, true, false"),
@@ -105,6 +106,17 @@ BAD_PARAMS = [
     ({"chat": {"on_error": "maybe"}}, "chat.on_error: 'maybe' is not one of fail, skip"),
     ({"text": {"val_fraction": 0.6}}, "text.val_fraction: must be between 0.0 and 0.5, got 0.6"),
     ({"tokenizer": {"name": "gpt5"}}, "tokenizer.name: 'gpt5' is not one of byte, bpe, gpt2,"),
+    ({"chat": {"decontaminate": "x.jsonl"}}, "chat.decontaminate: expected a list of strings"),
+    # eval.tasks: a list of mappings, each checked like a section, the item named by index.
+    ({"eval": {"tasks": [{**TASK, "kind": "mcq"}]}}, "eval.tasks[0].kind: 'mcq' is not one of"),
+    ({"eval": {"tasks": [TASK, {**TASK, "lim": 1}]}}, "unknown key 'eval.tasks[1].lim'"),
+    ({"eval": {"tasks": [{"name": "t"}]}}, "missing key 'eval.tasks[0].kind'"),
+    ({"eval": {"tasks": [{**TASK, "limit": -1}]}}, "eval.tasks[0].limit: must be >= 0"),
+    ({"eval": {"tasks": [{**TASK, "name": "a/b"}]}}, "eval.tasks[0].name: 'a/b' must be"),
+    ({"eval": {"tasks": [{**TASK, "samples": 0}]}}, "eval.tasks[0].samples: must be > 0"),
+    ({"eval": {"tasks": [TASK, TASK]}}, "eval.tasks: two tasks are named 't'"),
+    ({"eval": {"tasks": {"t": TASK}}}, "eval.tasks: expected a list of mappings"),
+    ({"eval": {"tasks": ["t"]}}, "'eval.tasks[0]' must be a mapping of keys to values"),
 ]
 
 
