@@ -142,8 +142,19 @@ ASKS = [*b("\n"), CALL, *b("6*7"), CALL_END]
 PROMPT = render_prompt([{"role": "user", "content": "six times seven?"}], BYTE)
 
 
-def test_generation_receives_the_forced_result_tokens():
-    model = bigram_model(CHAIN)
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    ),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_generation_receives_the_forced_result_tokens(device):
+    # On CUDA the decode step is a replayed graph: the forced token must reach its input.
+    model = bigram_model(CHAIN).to(device)
     engine = Engine(model, max_batch=2)
     tool = Calculator(BYTE)
     stop = {BYTE.end_id}
