@@ -128,17 +128,19 @@ def help_of(argv: list[str], capsys) -> str:
 
 
 def test_help_lists_the_commands(capsys) -> None:
-    usage = "usage: xinslm [-h] {chat,sample,info,serve} ...\n"
+    usage = "usage: xinslm [-h] {chat,sample,info,export,serve} ...\n"
     assert help_of(["--help"], capsys).startswith(usage)
     handlers = {
         "chat": cli.cmd_chat,
         "sample": cli.cmd_sample,
         "info": cli.cmd_info,
+        "export": cli.cmd_export,
         "serve": cli.cmd_serve,
     }
     for command, handler in handlers.items():
         assert help_of([command, "--help"], capsys).startswith(f"usage: xinslm {command} [-h]")
-        argv = [command, "x.pt"] if command == "info" else [command]
+        args = {"info": ["x.pt"], "export": ["x.pt", "out"]}.get(command, [])
+        argv = [command, *args]
         assert cli.build_parser().parse_args(argv).func is handler
     with pytest.raises(SystemExit) as e:
         cli.main(["train"])

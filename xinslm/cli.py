@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from xinslm.errors import XinslmError, run_main
 
@@ -127,6 +128,14 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(json.dumps(shown, indent=2))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from xinslm.checkpoint import load_checkpoint
+    from xinslm.export import export_model
+
+    export_model(load_checkpoint(args.checkpoint), Path(args.out_dir))
+    print(f"exported {args.checkpoint} -> {args.out_dir} (Hugging Face model folder)")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from xinslm.serve import API_KEY_ENV, ServeSettings, run_server
 
@@ -191,6 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("checkpoint", help="e.g. checkpoints/chat.pt")
     info.set_defaults(func=cmd_info)
+
+    export = sub.add_parser(
+        "export",
+        help="write a checkpoint as a Hugging Face model folder",
+        description="Write CHECKPOINT's model as a folder that transformers loads with "
+        "AutoModelForCausalLM.from_pretrained(OUT_DIR, trust_remote_code=True): config.json, "
+        "model.safetensors and the modeling code. (The tokenizer is not exported yet.)",
+    )
+    export.add_argument("checkpoint", help="e.g. checkpoints/chat.pt (or base.pt)")
+    export.add_argument("out_dir", help="the folder to write (replaced whole)")
+    export.set_defaults(func=cmd_export)
 
     serve = sub.add_parser(
         "serve",
