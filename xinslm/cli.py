@@ -131,8 +131,11 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from xinslm.checkpoint import load_checkpoint
     from xinslm.export import export_model
+    from xinslm.tokenizer import tokenizer_for
 
-    export_model(load_checkpoint(args.checkpoint), Path(args.out_dir))
+    ckpt = load_checkpoint(args.checkpoint)
+    tokenizer = tokenizer_for(ckpt["tokenizer"], args.checkpoint, args.encodings_dir)
+    export_model(ckpt, Path(args.out_dir), tokenizer)
     print(f"exported {args.checkpoint} -> {args.out_dir} (Hugging Face model folder)")
 
 
@@ -205,11 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="write a checkpoint as a Hugging Face model folder",
         description="Write CHECKPOINT's model as a folder that transformers loads with "
-        "AutoModelForCausalLM.from_pretrained(OUT_DIR, trust_remote_code=True): config.json, "
-        "model.safetensors and the modeling code. (The tokenizer is not exported yet.)",
+        "AutoModelForCausalLM.from_pretrained(OUT_DIR, trust_remote_code=True) and "
+        "AutoTokenizer.from_pretrained(OUT_DIR): config.json, model.safetensors, the modeling "
+        "code, tokenizer.json and tokenizer_config.json with the chat template.",
     )
     export.add_argument("checkpoint", help="e.g. checkpoints/chat.pt (or base.pt)")
     export.add_argument("out_dir", help="the folder to write (replaced whole)")
+    export.add_argument(
+        "--encodings-dir",
+        default="../shared/data/tiktoken",
+        help="folder of .tiktoken files (tiktoken tokenizers only)",
+    )
     export.set_defaults(func=cmd_export)
 
     serve = sub.add_parser(

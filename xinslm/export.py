@@ -7,7 +7,8 @@ trust_remote_code=True)` as the same network, and works with transformers' `gene
 - model.safetensors: the weights in float32 under NanoChatModel's own parameter names
   (safetensors holds plain tensors: loading it runs no code, unlike a pickle);
 - configuration_xinslm.py and modeling_xinslm.py: copies of xinslm/hf/, which import only
-  torch and transformers, so the folder needs no xinslm installed.
+  torch and transformers, so the folder needs no xinslm installed;
+- tokenizer.json and tokenizer_config.json (export_tokenizer.py), given the tokenizer.
 Nothing here imports transformers: exporting needs only safetensors.
 """
 
@@ -21,7 +22,9 @@ import torch
 from safetensors.torch import save_file
 
 from xinslm.atomic import atomic_dir
+from xinslm.export_tokenizer import tokenizer_config, tokenizer_json
 from xinslm.model import ModelConfig
+from xinslm.tokenizer import Tokenizer
 
 HF_CODE = Path(__file__).parent / "hf"
 CODE_FILES = ("configuration_xinslm.py", "modeling_xinslm.py")
@@ -59,10 +62,11 @@ def hf_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
     }
 
 
-def export_model(checkpoint: dict, out_dir: Path) -> None:
+def export_model(checkpoint: dict, out_dir: Path, tokenizer: Tokenizer | None = None) -> None:
     """Write the checkpoint's model as a Hugging Face model folder at out_dir, replacing any
     folder there whole: it is built beside out_dir and renamed into place, so a failure
-    leaves nothing half-written."""
+    leaves nothing half-written. With the checkpoint's tokenizer, also tokenizer.json and
+    tokenizer_config.json (with the chat template)."""
     config = hf_config(checkpoint)
     weights = hf_state_dict(checkpoint)
     with atomic_dir(out_dir) as tmp:
@@ -70,3 +74,10 @@ def export_model(checkpoint: dict, out_dir: Path) -> None:
         save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
         for name in CODE_FILES:
             shutil.copyfile(HF_CODE / name, tmp / name)
+        if tokenizer is not None:
+            files = {
+                "tokenizer.json": tokenizer_json(tokenizer),
+                "tokenizer_config.json": tokenizer_config(tokenizer, config["context_len"]),
+            }
+            for name, content in files.items():
+                (tmp / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n")

@@ -174,6 +174,8 @@ class TiktokenTokenizer(Tokenizer):
 
         ranks = read_ranks(path)
         base = max([*ranks.values(), *own_special.values()]) + 1
+        # Kept for the export to Hugging Face's tokenizer.json (export_tokenizer.py).
+        self.ranks, self.pattern, self.own_special = ranks, pattern, dict(own_special)
         self.name = name
         self.fingerprint = fingerprint
         self.special = {tok: base + i for i, tok in enumerate(SPECIAL_TOKENS)}
