@@ -126,6 +126,7 @@ ALL_STAGES = {
     "pretrain",
     "render-chat",
     "sft",
+    "export",
     "evaluate",
 }
 ANSWER_TASK = {

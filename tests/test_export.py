@@ -199,7 +199,10 @@ def test_xinslm_export_command(tmp_path, capsys):
     checkpoint = save_model_checkpoint(tmp_path / "chat.pt", context_model(seed=1, **SHAPE))
     cli.main(["export", str(checkpoint), str(tmp_path / "out")])
     tokenizer_files = {"tokenizer.json", "tokenizer_config.json"}  # test_export_tokenizer.py
-    assert {p.name for p in (tmp_path / "out").iterdir()} == FILES | tokenizer_files
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert written == FILES | tokenizer_files | {"README.md"}
+    card = (tmp_path / "out/README.md").read_text()
+    assert "library_name: transformers" in card and "| stage, steps | None, 0 |" in card
     assert capsys.readouterr().out.startswith(f"exported {checkpoint} -> {tmp_path / 'out'}")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["export", str(tmp_path / "missing.pt"), str(tmp_path / "other")])

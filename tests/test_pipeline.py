@@ -66,14 +66,14 @@ def test_repro_writes_checkpoints_and_then_has_nothing_to_do(repo: Path) -> None
 def test_sft_lr_edit_reruns_sft_only_and_params_diff_shows_it(clean: Path) -> None:
     edit_params(clean, {"sft": {"lr": 0.0005}})
     assert stages_to_run(clean) == {"sft"}  # --dry lists what changed directly
-    assert stages_rerun(clean) == {"sft", "evaluate"}
+    assert stages_rerun(clean) == {"sft", "export", "evaluate"}
     diff = json.loads(run(["dvc", "params", "diff", "--json"], clean).stdout)
     assert diff["params.yaml"] == {"sft.lr": {"old": 0.002, "new": 0.0005, "diff": -0.0015}}
 
 
 def test_context_len_edit_keeps_tokenize_text(clean: Path) -> None:
     edit_params(clean, {"model": {"context_len": 128}})
-    assert stages_rerun(clean) == {"pack", "pretrain", "render-chat", "sft", "evaluate"}
+    assert stages_rerun(clean) == {"pack", "pretrain", "render-chat", "sft", "export", "evaluate"}
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,7 @@ def test_context_len_edit_keeps_tokenize_text(clean: Path) -> None:
         ({"chat": {"overlong": "drop"}}, {"render-chat"}),  # nothing is too long: same output
         (
             {"chat": {"input": "data/example_data_chat_val.jsonl"}},
-            {"render-chat", "sft", "evaluate"},
+            {"render-chat", "sft", "export", "evaluate"},
         ),
         ({"eval": {"temperature": 0.0}}, {"evaluate"}),
         # The byte tokenizer does not read the BPE's params: only train-tokenizer's note reruns.
@@ -124,7 +124,8 @@ def test_trained_bpe_vocab_size_reruns_the_tokenizer_and_all_after_it(clean: Pat
     edit_params(clean, {"tokenizer": {"vocab_size": 320}})
     assert stages_to_run(clean) == {"train-tokenizer"}
     run(["dvc", "repro", "--single-item", "train-tokenizer"], clean)
-    assert stages_to_run(clean) == {"tokenize-text", "render-chat", "evaluate"}  # its readers
+    # Its readers:
+    assert stages_to_run(clean) == {"tokenize-text", "render-chat", "export", "evaluate"}
 
 
 def start_and_kill_at_first_resume_checkpoint(repo: Path, *dvc_args: str) -> None:
@@ -186,7 +187,8 @@ def test_killed_pretrain_resumes_and_a_run_cache_restore_blocks_no_later_experim
         "pretrain: checkpoints/resume/pretrain.pt is from a run with other settings "
         "(params.lr: 0.003 then, 0.002 now); starting over" in out
     )
-    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"pretrain", "sft", "evaluate"}
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    assert ran == {"pretrain", "sft", "export", "evaluate"}
     assert not resume.exists()
 
 

@@ -108,7 +108,7 @@ def test_queued_sweep_runs_and_shows_sorted(trained: Path) -> None:
         log = run(["dvc", "queue", "logs", name], trained).stdout
         # Each experiment starts from the committed outputs: only what reads pretrain.lr runs.
         ran = set(re.findall(r"Running stage '([^']+)'", log))
-        assert ran == {"pretrain", "sft", "evaluate"}, log
+        assert ran == {"pretrain", "sft", "export", "evaluate"}, log
         assert log.count("model.py as queued") == len(ran), log  # once in each stage
 
     def shown(order: str) -> list[dict[str, str]]:

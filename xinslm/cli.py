@@ -130,12 +130,12 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from xinslm.checkpoint import load_checkpoint
-    from xinslm.export import export_model
+    from xinslm.export import export_model, model_card
     from xinslm.tokenizer import tokenizer_for
 
     ckpt = load_checkpoint(args.checkpoint)
     tokenizer = tokenizer_for(ckpt["tokenizer"], args.checkpoint, args.encodings_dir)
-    export_model(ckpt, Path(args.out_dir), tokenizer)
+    export_model(ckpt, Path(args.out_dir), tokenizer, model_card(ckpt))
     print(f"exported {args.checkpoint} -> {args.out_dir} (Hugging Face model folder)")
 
 

@@ -8,7 +8,8 @@ trust_remote_code=True)` as the same network, and works with transformers' `gene
   (safetensors holds plain tensors: loading it runs no code, unlike a pickle);
 - configuration_xinslm.py and modeling_xinslm.py: copies of xinslm/hf/, which import only
   torch and transformers, so the folder needs no xinslm installed;
-- tokenizer.json and tokenizer_config.json (export_tokenizer.py), given the tokenizer.
+- tokenizer.json and tokenizer_config.json (export_tokenizer.py), given the tokenizer;
+- README.md, the model card (model_card), given one.
 Nothing here imports transformers: exporting needs only safetensors.
 """
 
@@ -62,11 +63,66 @@ def hf_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
     }
 
 
-def export_model(checkpoint: dict, out_dir: Path, tokenizer: Tokenizer | None = None) -> None:
+def model_card(checkpoint: dict, chat_meta: dict | None = None) -> str:
+    """README.md of the folder: what the model is, how it was trained, its losses, how to load
+    it. Its numbers come from the checkpoint (and render-chat's meta): evaluation metrics are
+    left out, so a change of eval settings does not change the export."""
+    config, params = checkpoint["model_config"], checkpoint.get("train_params") or {}
+    parameters = sum(t.numel() for t in checkpoint["model"].values())
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [xinslm, text-generation]",
+        "---",
+        f"# xinslm {checkpoint.get('stage', 'model')} model",
+        "",
+        f"A {parameters:,}-parameter decoder-only Transformer trained with "
+        "xinslm ({n_layer} layers, width {n_embd}, {n_head} heads, "
+        "{n_kv_head} key/value heads, context {context_len}), tokenizer "
+        f"`{checkpoint['tokenizer']['name']}`.".format(**config),
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| stage, steps | {checkpoint.get('stage')}, {checkpoint.get('step')} |",
+    ]
+    for key in ("optimizer", "lr", "batch_size", "grad_accum"):
+        if key in params:
+            lines.append(f"| {key} | {params[key]} |")
+    for key, value in (checkpoint.get("summary") or {}).items():
+        lines.append(
+            f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
+        )
+    if chat_meta is not None:
+        sources, counts = chat_meta.get("sources", {}), chat_meta.get("conversations", {})
+        for split in ("train", "val"):
+            lines.append(
+                f"| chat {split} data | {sources.get(split)} ({counts.get(split)} conversations) |"
+            )
+    lines += [
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        'folder = "export/hf"  # this folder, or its repo id on the Hub',
+        "model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)",
+        "tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)",
+        "```",
+        "",
+        "Use `apply_chat_template(..., sanitize_control_tokens=True)`: the chat template's special "
+        "tokens then cannot be forged by message text. transformers' `generate()` does not run "
+        "the calculator tool the model may call (`<|calc_start|>...<|calc_end|>`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export_model(
+    checkpoint: dict, out_dir: Path, tokenizer: Tokenizer | None = None, card: str | None = None
+) -> None:
     """Write the checkpoint's model as a Hugging Face model folder at out_dir, replacing any
     folder there whole: it is built beside out_dir and renamed into place, so a failure
     leaves nothing half-written. With the checkpoint's tokenizer, also tokenizer.json and
-    tokenizer_config.json (with the chat template)."""
+    tokenizer_config.json (with the chat template); with a card, README.md."""
     config = hf_config(checkpoint)
     weights = hf_state_dict(checkpoint)
     with atomic_dir(out_dir) as tmp:
@@ -81,3 +137,5 @@ def export_model(checkpoint: dict, out_dir: Path, tokenizer: Tokenizer | None = 
             }
             for name, content in files.items():
                 (tmp / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n")
+        if card is not None:
+            (tmp / "README.md").write_text(card)
