@@ -103,7 +103,8 @@ def save(tmp_path, model, tokenizer):
     return path
 
 
-def test_a_gpt2_vocabulary_model_exports_as_the_same_network(gpt2, tmp_path):
+def test_a_model_of_each_vocabulary_exports_as_the_same_network(tokenizer, tmp_path):
+    gpt2 = tokenizer  # byte (265 ids), a trained BPE (309) or gpt2 (50,266)
     model = context_model(vocab_size=gpt2.vocab_size, context_len=64)
     export_model(load_checkpoint(save(tmp_path, model, gpt2)), tmp_path / "hf", gpt2)
     hf = transformers.AutoModelForCausalLM.from_pretrained(

@@ -277,3 +277,33 @@ def test_task_accuracies_in_exp_show_and_eval_edits_rerun_only_the_evaluation(
     assert stages_to_run(repo) == {"evaluate-task@1"}
     edit_params(repo, {"eval": {"tool": False}})
     assert stages_to_run(repo) == {"evaluate", "evaluate-task@0", "evaluate-task@1"}
+
+
+def test_the_export_stage_folder_loads_in_transformers_as_chat_pt(repo: Path) -> None:
+    # The trained tiny pipeline's chat model, as `dvc repro` exported it.
+    transformers = pytest.importorskip("transformers")
+    from xinslm.chat_template import render_prompt
+    from xinslm.checkpoint import load_checkpoint, model_from_checkpoint
+    from xinslm.generate import generate
+    from xinslm.sampling import Sampling
+    from xinslm.tokenizer import ByteTokenizer
+
+    folder = repo / "export/hf"
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, trust_remote_code=True, dtype=torch.float32
+    ).eval()
+    model = model_from_checkpoint(load_checkpoint(repo / "checkpoints/chat.pt")).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(hf(ids).logits, model(ids)[0], atol=1e-5, rtol=0)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    conversation = [{"role": "user", "content": "What is 2 plus 3?"}]
+    prompt = render_prompt(conversation, ByteTokenizer())
+    theirs = tokenizer.apply_chat_template(
+        conversation, add_generation_prompt=True, tokenize=True, sanitize_control_tokens=True
+    )
+    assert list(theirs["input_ids"] if hasattr(theirs, "keys") else theirs) == prompt
+    ours = list(generate(model, prompt, Sampling(max_new_tokens=32, temperature=0)))
+    out = hf.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)
+    theirs = out[0, len(prompt) :].tolist()  # up to <|end|>, its eos, where it stops
+    assert len(theirs) > 3 and theirs == ours[: len(theirs)]
