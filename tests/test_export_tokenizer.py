@@ -12,6 +12,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
+from conftest import train_on  # noqa: E402
 from test_bpe import TEXT  # noqa: E402
 from test_generate import context_model  # noqa: E402
 
@@ -106,6 +107,10 @@ def save(tmp_path, model, tokenizer):
 def test_a_model_of_each_vocabulary_exports_as_the_same_network(tokenizer, tmp_path):
     gpt2 = tokenizer  # byte (265 ids), a trained BPE (309) or gpt2 (50,266)
     model = context_model(vocab_size=gpt2.vocab_size, context_len=64)
+    # A trained checkpoint: a few steps through the training step, on this tokenizer's ids.
+    text = torch.tensor([gpt2.encode(TEXT)[:33]] * 2)
+    train_on(model, text[:, :-1], text[:, 1:], steps=5, lr=1e-3)
+    model.eval()
     export_model(load_checkpoint(save(tmp_path, model, gpt2)), tmp_path / "hf", gpt2)
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         tmp_path / "hf", trust_remote_code=True, dtype=torch.float32
