@@ -158,6 +158,10 @@ def _device_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto (cuda when present, else cpu), cpu, cuda, cuda:N or mps",
     )
+    _encodings_arg(p)
+
+
+def _encodings_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--encodings-dir",
         default="../shared/data/tiktoken",
@@ -214,11 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("checkpoint", help="e.g. checkpoints/chat.pt (or base.pt)")
     export.add_argument("out_dir", help="the folder to write (replaced whole)")
-    export.add_argument(
-        "--encodings-dir",
-        default="../shared/data/tiktoken",
-        help="folder of .tiktoken files (tiktoken tokenizers only)",
-    )
+    _encodings_arg(export)
     export.set_defaults(func=cmd_export)
 
     serve = sub.add_parser(

@@ -133,7 +133,7 @@ def export_model(
         if tokenizer is not None:
             files = {
                 "tokenizer.json": tokenizer_json(tokenizer),
-                "tokenizer_config.json": tokenizer_config(tokenizer, config["context_len"]),
+                "tokenizer_config.json": tokenizer_config(config["context_len"]),
             }
             for name, content in files.items():
                 (tmp / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n")

@@ -152,7 +152,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def tokenizer_config(tokenizer: Tokenizer, context_len: int) -> dict:
+def tokenizer_config(context_len: int) -> dict:
     """tokenizer_config.json: the fast tokenizer over tokenizer.json, its special tokens and
     the chat template."""
     return {

@@ -41,17 +41,23 @@ def render_chat(
     for split, path in (("train", chat.input), ("val", chat.val_input)):
         splits[split], bad = load_conversations(path, chat.on_error)
         skipped += bad
-    splits["train"], decontaminated = _decontaminate(splits["train"], chat.decontaminate)
+    # Each training conversation is fingerprinted once: for decontamination and for the table
+    # evaluate-task checks its questions against.
+    prints = [conversation_fingerprints(c) for c in splits["train"]]
+    keep, decontaminated = _decontaminate(prints, chat.decontaminate)
+    splits["train"] = [c for c, k in zip(splits["train"], keep, strict=True) if k]
+    prints = [p for p, k in zip(prints, keep, strict=True) if k]
     counts = {"truncated": 0, "dropped": 0}
     arrays, sizes, dtype = {}, {}, token_dtype(tokenizer.vocab_size)
     with atomic_dir(out_dir) as tmp:
-        kept: dict[str, list] = {}  # each split's conversations that were written
+        written: list[bool] = []  # for each training conversation: did it fit?
         for split, conversations in splits.items():
-            kept[split] = []
-            rows = _rows(conversations, tokenizer, context_len, chat, counts, kept[split])
-            written, sizes[split] = _write_split(tmp, split, rows, dtype)
-            arrays.update(written)
-        arrays.update(_write_fingerprints(tmp, kept["train"]))
+            fits = written if split == "train" else []
+            rows = _rows(conversations, tokenizer, context_len, chat, counts, fits)
+            split_arrays, sizes[split] = _write_split(tmp, split, rows, dtype)
+            arrays.update(split_arrays)
+        kept = [p for p, fit in zip(prints, written, strict=True) if fit]
+        arrays.update(_write_fingerprints(tmp, kept))
         if sizes["train"] == 0:
             raise XinslmError(
                 f"{chat.input}: every training conversation is longer than context_len "
@@ -74,23 +80,22 @@ def render_chat(
     return meta
 
 
-def _decontaminate(
-    conversations: list[Conversation], task_files: list[str]
-) -> tuple[list[Conversation], dict]:
-    """The conversations none of whose user messages matches a question of the task files,
-    and what was dropped per file."""
+def _decontaminate(prints: list[set[int]], task_files: list[str]) -> tuple[list[bool], dict]:
+    """Which conversations (by their fingerprints) hold no question of the task files, and
+    how many each file dropped (a conversation counts for the first file it matches)."""
+    hashes, owners = fingerprint_table(prints)
+    dropped: set[int] = set()
     report = {}
     for path in task_files:
-        hashes, owners = fingerprint_table(conversation_fingerprints(c) for c in conversations)
         questions = task_questions(path)
-        drop = set(matching_conversations(hashes, owners, questions).tolist())
-        conversations = [c for i, c in enumerate(conversations) if i not in drop]
-        report[str(path)] = {"questions": len(questions), "dropped": len(drop)}
-    return conversations, report
+        new = set(matching_conversations(hashes, owners, questions).tolist()) - dropped
+        dropped |= new
+        report[str(path)] = {"questions": len(questions), "dropped": len(new)}
+    return [i not in dropped for i in range(len(prints))], report
 
 
-def _write_fingerprints(directory: Path, conversations: list[Conversation]) -> dict:
-    hashes, owners = fingerprint_table(conversation_fingerprints(c) for c in conversations)
+def _write_fingerprints(directory: Path, prints: list[set[int]]) -> dict:
+    hashes, owners = fingerprint_table(prints)
     arrays = {}
     for name, values in (("train_fingerprints", hashes), ("train_fingerprint_owners", owners)):
         with ArrayWriter(directory / f"{name}.bin", np.int64) as out:
@@ -105,13 +110,12 @@ def _rows(
     context_len: int,
     chat: ChatParams,
     counts: dict,
-    kept: list[Conversation],
+    fits: list[bool],
 ) -> Iterator[tuple | None]:
-    """Each conversation's (ids, flags), or None where dropped; `kept` collects the others."""
+    """Each conversation's (ids, flags), or None where dropped; `fits` records which."""
     for conversation in conversations:
         row = _fit(conversation, tokenizer, context_len, chat, counts)
-        if row is not None:
-            kept.append(conversation)
+        fits.append(row is not None)
         yield row
 
 

@@ -17,7 +17,7 @@ Every item's prediction is a row the stage writes to eval/tasks/<name>.jsonl.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -129,11 +129,10 @@ def run_answer_task(
     fits = [len(p) < context_len for p in prompts]
     asked = [(p, j) for p, fit in zip(prompts, fits, strict=True) if fit for j in range(samples)]
     settings = [
-        Sampling(
+        replace(
+            sampling,
             max_new_tokens=context_len,  # a reply runs to <|end|> or the context's end
             temperature=sampling.temperature if samples > 1 else 0.0,
-            top_k=sampling.top_k,
-            top_p=sampling.top_p,
             seed=sampling.seed + j,
         )
         for _, j in asked
