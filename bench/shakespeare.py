@@ -123,6 +123,7 @@ def main() -> None:
         compile={"auto": "auto", "true": True, "false": False}[args.compile],
         nproc=1,
         shift_blocks=args.shift_blocks == "true",
+        tokens_per_param=0.0,  # unused: max_steps is set
     )
     seed_everything(params.seed)
     config = ModelConfig(

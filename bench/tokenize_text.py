@@ -56,7 +56,7 @@ def run_one(mode: str, name: str, path: Path, work: Path) -> dict:
         count = len(np.asarray(ids, dtype=np.uint32))
     else:
         meta = tokenize_text(path, tokenizer, work / f"tokens-{name}", 0.1, 4 << 20)
-        count = sum(a["shape"][0] for a in meta["arrays"].values())
+        count = sum(meta["arrays"][split]["shape"][0] for split in ("train", "val"))
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds": seconds, "tokens": count, "peak_rss_mb": peak_mb}

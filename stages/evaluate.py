@@ -7,8 +7,6 @@ skill shows as the difference), and the chat model's loss on held-out assistant 
 import json
 from dataclasses import asdict
 
-import torch
-
 from xinslm.artifact import open_array, read_meta
 from xinslm.atomic import write_json
 from xinslm.batches import ChatData
@@ -18,7 +16,7 @@ from xinslm.device import pick_device
 from xinslm.engine import Engine
 from xinslm.errors import XinslmError, run_main
 from xinslm.generate import chat_replies, continuations
-from xinslm.losses import assistant_loss, text_loss_and_bpb
+from xinslm.losses import assistant_loss, read_token_bytes, text_loss_and_bpb
 from xinslm.sampling import Sampling
 from xinslm.tokenizer import tokenizer_for
 from xinslm.tool_calls import Calculator
@@ -33,11 +31,13 @@ def main() -> None:
     base = load_checkpoint(BASE)
     chat = load_checkpoint(CHAT, tokenizer=base["tokenizer"])
     tokenizer = tokenizer_for(base["tokenizer"], BASE, tok_p.encodings_dir)
-    val_blocks = open_array(BLOCKS, read_meta(BLOCKS, "blocks", base["tokenizer"]), "val")
+    blocks_meta = read_meta(BLOCKS, "blocks", base["tokenizer"])
+    val_blocks = open_array(BLOCKS, blocks_meta, "val")
     val_chats = ChatData(CHATS, "val", base["tokenizer"])
     if len(val_blocks) == 0 or len(val_chats) == 0:
         raise XinslmError("no held-out data: set text.val_fraction > 0 and a chat.val_input")
-    token_bytes = torch.tensor(tokenizer.token_byte_lengths())
+    # Each id's bytes as tokenize-text recorded them: pretrain's val bpb reads the same table.
+    token_bytes = read_token_bytes(BLOCKS, blocks_meta)
     sampling = Sampling(
         max_new_tokens=ev.max_new_tokens,
         temperature=ev.temperature,

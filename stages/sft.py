@@ -9,6 +9,7 @@ from xinslm.checkpoint import file_sha256, load_checkpoint, model_from_checkpoin
 from xinslm.config import load_params
 from xinslm.device import pick_device, seed_everything, use_compile
 from xinslm.errors import XinslmError, run_main
+from xinslm.optim import REFERENCE_WIDTH, scale_adamw_lr
 from xinslm.train import TrainJob, train_loop
 
 BASE, CHAT, OUT, LIVE = "checkpoints/base.pt", "data/chat", "checkpoints/chat.pt", "dvclive/sft"
@@ -16,12 +17,17 @@ RESUME = "checkpoints/resume/sft.pt"  # outside the stage's outs, so a rerun fin
 
 
 def main() -> None:
-    (p,) = load_params("params.yaml", "sft")
+    model_p, p = load_params("params.yaml", "model", "sft")
     world = distributed.launch(p.nproc, "sft")  # nproc > 1: under torchrun
     base = load_checkpoint(BASE)
     train_data, val_data = (ChatData(CHAT, s, base["tokenizer"]) for s in ("train", "val"))
     if train_data.meta["context_len"] > base["model_config"]["context_len"]:
         raise XinslmError(f"{CHAT} was rendered for a longer context than {BASE} has")
+
+    if model_p.depth > 0:  # lr is a 768-wide model's, as pretrain's (README: model.depth)
+        width, lr = base["model_config"]["n_embd"], p.lr
+        p = scale_adamw_lr(p, width)
+        print(f"sft: AdamW lr {lr:g} * ({width}/{REFERENCE_WIDTH})^-0.5 = {p.lr:.6g}")
 
     seed_everything(p.seed)
     model = model_from_checkpoint(base)

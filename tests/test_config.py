@@ -28,7 +28,7 @@ REPO_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 PRETRAIN_KEYS = (
     "batch_size, beta1, beta2, checkpoint_every, compile, device, eval_batches, eval_every, "
     "grad_accum, grad_clip, log_every, lr, max_steps, min_lr_frac, muon_lr, muon_momentum, "
-    "nproc, optimizer, seed, shift_blocks, warmup_steps, weight_decay"
+    "nproc, optimizer, seed, shift_blocks, tokens_per_param, warmup_steps, weight_decay"
 )
 
 
@@ -81,8 +81,34 @@ def test_the_repo_params_set_every_key_and_no_other():
 
 def test_the_model_config_takes_every_model_param():
     params = ModelParams(**REPO_PARAMS["model"])
+    assert params.depth == 0  # the repo's model is sized by its explicit keys
     config = ModelConfig.from_params(params, vocab_size=300)
-    assert config.to_dict() == {**dataclasses.asdict(params), "vocab_size": 300, "rope_base": 1e4}
+    expected = {k: v for k, v in dataclasses.asdict(params).items() if k != "depth"}
+    assert config.to_dict() == {**expected, "vocab_size": 300, "rope_base": 1e4}
+
+
+# depth -> (n_layer, n_embd, n_head = n_kv_head): 64 wide per layer, rounded up to heads of 128
+# (nanochat's build_model_meta), so depths 3 and 4 are both 256 wide.
+DEPTHS = {1: (1, 128, 1), 2: (2, 128, 1), 3: (3, 256, 2), 4: (4, 256, 2), 6: (6, 384, 3)}
+DEPTHS |= {12: (12, 768, 6), 20: (20, 1280, 10), 26: (26, 1664, 13)}
+
+
+@pytest.mark.parametrize("depth", sorted(DEPTHS))
+def test_depth_sets_layers_width_and_heads_of_128_and_wins_over_the_explicit_keys(depth):
+    params = ModelParams(**{**REPO_PARAMS["model"], "depth": depth, "dropout": 0.1})
+    config = ModelConfig.from_params(params, vocab_size=300)
+    n_layer, n_embd, n_head = DEPTHS[depth]
+    assert config.to_dict() == {
+        "context_len": REPO_PARAMS["model"]["context_len"],
+        "n_layer": n_layer,
+        "n_head": n_head,
+        "n_kv_head": n_head,
+        "n_embd": n_embd,
+        "logit_softcap": REPO_PARAMS["model"]["logit_softcap"],
+        "dropout": 0.1,
+        "vocab_size": 300,
+        "rope_base": 1e4,
+    }
 
 
 def test_tokenizer_names_are_byte_bpe_and_the_tiktoken_encodings():
@@ -103,6 +129,18 @@ BAD_PARAMS = [
         "model.n_kv_head: 3 does not divide n_head 4",
     ),
     ({"model": {"n_embd": 36, "n_head": 4}}, "model.n_embd / n_head must be even"),
+    ({"model": {"depth": -1}}, "model.depth: must be >= 0 (0: n_layer, n_head, ... apply), got -1"),
+    ({"model": {"depth": 2.5}}, "model.depth: expected int, got float 2.5"),
+    (
+        {"pretrain": {"max_steps": -1}},
+        "pretrain.max_steps: must be > 0, or 0 to derive it from tokens_per_param, got -1",
+    ),
+    (
+        {"pretrain": {"max_steps": 0, "tokens_per_param": 0}},
+        "pretrain.max_steps: 0 derives the steps from tokens_per_param, which is 0",
+    ),
+    ({"pretrain": {"tokens_per_param": -2}}, "pretrain.tokens_per_param: must be >= 0, got -2"),
+    ({"sft": {"max_steps": 0}}, "sft.max_steps: must be > 0, got 0"),  # sft derives nothing
     ({"chat": {"on_error": "maybe"}}, "chat.on_error: 'maybe' is not one of fail, skip"),
     ({"text": {"val_fraction": 0.6}}, "text.val_fraction: must be between 0.0 and 0.5, got 0.6"),
     ({"tokenizer": {"name": "gpt5"}}, "tokenizer.name: 'gpt5' is not one of byte, bpe, gpt2,"),
@@ -125,6 +163,12 @@ def test_bad_value_names_the_dotted_key(tmp_path, changes, problem):
     path = write_params(tmp_path, **changes)
     with pytest.raises(XinslmError, match=re.escape(f"{path}: {problem}")):
         load_params(path, *changes)
+
+
+def test_pretrain_max_steps_0_loads_for_the_stage_to_derive(tmp_path):
+    path = write_params(tmp_path, pretrain={"max_steps": 0, "tokens_per_param": 2.5})
+    (pretrain,) = load_params(path, "pretrain")
+    assert (pretrain.max_steps, pretrain.tokens_per_param) == (0, 2.5)
 
 
 def test_missing_section(tmp_path):

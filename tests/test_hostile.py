@@ -256,8 +256,8 @@ CASES = [
         "params-unknown-key",
         "pack",
         param("model", "n_layers", 4),
-        "params.yaml: unknown key 'model.n_layers' (known keys: context_len, dropout, "
-        "logit_softcap, n_embd, n_head, n_kv_head, n_layer)",
+        "params.yaml: unknown key 'model.n_layers' (known keys: context_len, depth, "
+        "dropout, logit_softcap, n_embd, n_head, n_kv_head, n_layer)",
     ),
     (
         "params-wrong-type",

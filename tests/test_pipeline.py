@@ -30,6 +30,9 @@ from conftest import (
     run,
 )
 
+from xinslm.flops import flops_per_token
+from xinslm.model import ModelConfig
+
 
 def stages_to_run(repo: Path) -> set[str]:
     """The stages `dvc repro --dry` plans from what changed so far (not yet what they change)."""
@@ -229,6 +232,38 @@ def test_metrics_and_exp_run(clean: Path) -> None:
     # The experiment reran sft and evaluate only: same base model, another chat model.
     assert five["base.val_bpb"] == commit["base.val_bpb"]
     assert five["chat.assistant_val_loss"] != commit["chat.assistant_val_loss"]
+
+
+def test_plots_diff_overlays_val_bpb_against_flops_of_a_depth_experiment(clean: Path) -> None:
+    """The README's miniseries in small: an experiment of pretrain alone at model.depth 1,
+    and dvc.yaml's plot of val bpb against FLOPs for it beside the commit's run."""
+    sets = [
+        "model.depth=1",
+        "pretrain.max_steps=6",
+        "pretrain.log_every=1",
+        "pretrain.eval_every=3",
+    ]
+    out = run(
+        ["dvc", "exp", "run", "pretrain", "-n", "d1", *[a for x in sets for a in ("-S", x)]], clean
+    )
+    assert set(re.findall(r"Running stage '([^']+)'", out.stdout)) == {"pretrain"}
+    shown = json.loads(run(["dvc", "plots", "diff", "--json", "HEAD", "d1"], clean).stdout)
+    (plot,) = shown["data"]["pretrain val bpb vs FLOPs"]
+    points = {}
+    for point in plot["content"]["data"]["values"]:
+        points.setdefault(point["rev"], []).append(point)
+    assert set(points) == {"HEAD", "d1"}
+    # x and y are joined row by row: each evaluation's bpb with the FLOPs at its step (every
+    # log point has flops, only evaluations have val/flops), 4 blocks of 256 tokens a step.
+    shape = {"context_len": 256, "vocab_size": 265}
+    tiny = ModelConfig(**shape, **TINY_PIPELINE["model"])
+    depth_1 = ModelConfig(**shape, n_layer=1, n_head=1, n_kv_head=1, n_embd=128)
+    for rev, config, steps in (("HEAD", tiny, [4]), ("d1", depth_1, [3, 6])):
+        assert [int(p["step"]) for p in points[rev]] == steps
+        flops = [s * 4 * 256 * flops_per_token(config) for s in steps]
+        assert [float(p["flops"]) for p in points[rev]] == flops
+    bpb = (clean / "dvclive/pretrain/plots/metrics/val/bpb.tsv").read_text().splitlines()
+    assert [p["bpb"] for p in points["d1"]] == [line.split("\t")[1] for line in bpb[1:]]
 
 
 def test_task_accuracies_in_exp_show_and_eval_edits_rerun_only_the_evaluation(

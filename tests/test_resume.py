@@ -102,7 +102,8 @@ def assert_same_final_checkpoint(a: Path, b: Path) -> None:
 
 
 def assert_same_curves(work: Path, prepared: Path, stage: str) -> None:
-    for name in ("train/loss.tsv", "val/loss.tsv", "lr.tsv"):
+    names = ["train/loss.tsv", "val/loss.tsv", "lr.tsv", "flops.tsv", "val/flops.tsv"]
+    for name in names + (["val/bpb.tsv"] if stage == "pretrain" else []):
         curve = Path("dvclive", stage, "plots", "metrics", name)
         assert (work / curve).read_text() == (prepared / curve).read_text(), name
 

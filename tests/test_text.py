@@ -306,6 +306,9 @@ def write_tokens(directory, train, val=()):
         writer = ArrayWriter(directory / f"{split}.bin", np.uint16)
         writer.write(list(values))
         arrays_meta[split] = writer.close()
+    writer = ArrayWriter(directory / "token_bytes.bin", np.uint32)
+    writer.write(BYTE.token_byte_lengths())
+    arrays_meta["token_bytes"] = writer.close()
     meta = {"kind": "tokens", "tokenizer": BYTE.identity(), "arrays": arrays_meta}
     write_meta(directory, {**meta, "text_bytes": {"train": len(train), "val": len(val)}})
 
@@ -334,6 +337,9 @@ def test_pack_blocks_of_tokenized_text(tmp_path):
     blocks = open_array(tmp_path / "blocks", meta, "train").tolist()
     assert blocks == [[BOS, *b"hell"], [*b"lo wo"], [*b"orld\n"]]
     assert meta["tokenizer"] == BYTE.identity()
+    # Each id's bytes come along from tokenize-text, for pretrain's and evaluate's bpb.
+    lengths = open_array(tmp_path / "blocks", meta, "token_bytes").tolist()
+    assert lengths == BYTE.token_byte_lengths() == [1] * 256 + [0] * len(BYTE.special)
 
 
 def test_pack_blocks_too_short_stream(tmp_path):

@@ -5,15 +5,18 @@ model changes no result."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import shutil
 
 import pytest
 import torch
-from conftest import tiny_config, train_params
+from conftest import REPO, tiny_config, train_params
 
-from xinslm.model import IGNORE_INDEX, NanoChatModel
+from xinslm.config import load_params
+from xinslm.model import IGNORE_INDEX, ModelConfig, NanoChatModel
 from xinslm.muon import orthogonalize
-from xinslm.optim import lr_scale, make_optimizers
+from xinslm.optim import lr_scale, make_optimizers, scale_adamw_lr
 from xinslm.step import TrainStep
 
 CONFIG = tiny_config(vocab_size=64)
@@ -81,6 +84,24 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest() -> None:
     assert {names[i] for i in in_adamw} == {"wte.weight", "lm_head.weight"}
     assert all(names[i].startswith("blocks.") for i in in_muon)
     assert len(in_muon) + len(in_adamw) == len(list(model.parameters()))
+
+
+# depth -> nanochat's AdamW factor (width / 768)^-0.5; depth 3 is 256 wide (heads of 128).
+LR_FACTORS = {12: 1.0, 3: math.sqrt(3), 2: math.sqrt(6), 20: math.sqrt(0.6)}
+
+
+@pytest.mark.parametrize("depth", sorted(LR_FACTORS))
+def test_the_depth_dial_scales_the_adamw_lr_by_width_and_leaves_muon_alone(depth: int) -> None:
+    (model_p,) = load_params(REPO / "params.yaml", "model")
+    config = ModelConfig.from_params(dataclasses.replace(model_p, depth=depth), vocab_size=64)
+    with torch.device("meta"):  # shapes only: d20 is 400M weights
+        model = NanoChatModel(config)
+    params = train_params(optimizer="muon", lr=0.004, muon_lr=0.02)
+    scaled = scale_adamw_lr(params, config.n_embd)
+    assert scaled == dataclasses.replace(params, lr=pytest.approx(0.004 * LR_FACTORS[depth]))
+    adamw, muon = make_optimizers(model, scaled)
+    assert [g["lr"] for g in adamw.param_groups] == [scaled.lr]  # the embedding and head
+    assert [g["lr"] for g in muon.param_groups] == [0.02] * len(muon.param_groups)
 
 
 def test_orthogonalize_gives_singular_values_near_one() -> None:

@@ -52,9 +52,15 @@ class TextParams:
         _positive("chunk_bytes", self.chunk_bytes)
 
 
+# model.depth's shape, as nanochat's base_train.py (build_model_meta): 64 channels of width
+# per layer, rounded up to whole heads of 128 channels.
+ASPECT_RATIO, HEAD_DIM = 64, 128
+
+
 @dataclass
 class ModelParams:
     context_len: int
+    depth: int  # > 0: sets n_layer, n_head, n_kv_head and n_embd (see shape); 0: they are used
     n_layer: int
     n_head: int
     n_kv_head: int
@@ -62,7 +68,24 @@ class ModelParams:
     logit_softcap: float
     dropout: float
 
+    def shape(self) -> dict:
+        """The network's keys (every field but depth), with depth applied: depth layers,
+        64 * depth channels rounded up to a multiple of 128, one head (and kv head) per 128.
+        The one place depth is resolved: pretrain builds its model from this, and every
+        later stage from the checkpoint's config, which holds the result."""
+        shape = {k: v for k, v in dataclasses.asdict(self).items() if k != "depth"}
+        if self.depth > 0:
+            width = -(-self.depth * ASPECT_RATIO // HEAD_DIM) * HEAD_DIM
+            heads = width // HEAD_DIM
+            shape.update(n_layer=self.depth, n_embd=width, n_head=heads, n_kv_head=heads)
+        return shape
+
     def check(self) -> None:
+        if self.depth < 0:
+            raise ValueError(
+                f"depth: must be >= 0 (0: n_layer, n_head, ... apply), got {self.depth}"
+            )
+        # Checked also with depth set (which ignores them): a bad value is a mistake either way.
         for key in ("context_len", "n_layer", "n_head", "n_kv_head", "n_embd"):
             _positive(key, getattr(self, key))
         if self.n_embd % self.n_head:
@@ -113,8 +136,8 @@ class TrainParams:
     nproc: int
 
     def check(self) -> None:
+        self.check_max_steps()
         for key in (
-            "max_steps",
             "batch_size",
             "grad_accum",
             "nproc",
@@ -139,12 +162,28 @@ class TrainParams:
             raise ValueError("warmup_steps, weight_decay and grad_clip must be >= 0")
         _check_device(self.device)
 
+    def check_max_steps(self) -> None:
+        _positive("max_steps", self.max_steps)
+
 
 @dataclass
 class PretrainParams(TrainParams):
-    """The pretrain section: TrainParams plus how the packed blocks are read."""
+    """The pretrain section: TrainParams plus how the packed blocks are read, and the
+    horizon from the model's size when max_steps is 0."""
 
     shift_blocks: bool
+    tokens_per_param: float  # max_steps 0: train on this many tokens per scaling parameter
+
+    def check_max_steps(self) -> None:
+        if not 0 <= self.tokens_per_param < math.inf:
+            raise ValueError(f"tokens_per_param: must be >= 0, got {self.tokens_per_param}")
+        if self.max_steps < 0:
+            raise ValueError(
+                f"max_steps: must be > 0, or 0 to derive it from tokens_per_param, "
+                f"got {self.max_steps}"
+            )
+        if self.max_steps == 0 and self.tokens_per_param == 0:
+            raise ValueError("max_steps: 0 derives the steps from tokens_per_param, which is 0")
 
 
 def _check_device(device: str) -> None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xinslm.batches import Batch, ChatData, val_chat_batches
+from xinslm.artifact import open_array
+from xinslm.batches import Batch, ChatData, val_block_batches, val_chat_batches
 from xinslm.device import autocast_for
 from xinslm.model import IGNORE_INDEX, NanoChatModel
 
@@ -48,20 +50,18 @@ def assistant_loss(
 
 
 @torch.no_grad()
-def text_loss_and_bpb(
-    model: NanoChatModel,
-    blocks: np.ndarray,
-    token_bytes: torch.Tensor,
-    batch_size: int,
-    device: torch.device,
-) -> dict:
-    """Mean loss per target token and bits per byte over every [T+1] block in `blocks`."""
+def text_sums(
+    model: NanoChatModel, batches: Iterable[Batch], token_bytes: torch.Tensor, device: torch.device
+) -> tuple[float, int, float, int]:
+    """(nats over every target, targets, nats over the targets that are text, their UTF-8
+    bytes): the sums behind val loss and bits per byte, which add up across processes.
+    `token_bytes` holds each id's bytes (tokenize-text's token_bytes array)."""
+    was_training = model.training
     model.eval()
     token_bytes = token_bytes.to(device)
-    nats_all, nats_text, n_targets, n_bytes = 0.0, 0.0, 0, 0
-    for first in range(0, len(blocks), batch_size):
-        rows = torch.from_numpy(blocks[first : first + batch_size].astype(np.int64)).to(device)
-        x, y = rows[:, :-1], rows[:, 1:]
+    nats_all, n_targets, nats_text, n_bytes = 0.0, 0, 0.0, 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
         with autocast_for(device):
             logits, _ = model(x)
         losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
@@ -70,9 +70,34 @@ def text_loss_and_bpb(
         nats_text += float((losses * (nbytes > 0)).sum())
         n_targets += y.numel()
         n_bytes += int(nbytes.sum())
+    model.train(was_training)
+    return nats_all, n_targets, nats_text, n_bytes
+
+
+def read_token_bytes(directory: str | Path, meta: dict) -> torch.Tensor:
+    """Each id's UTF-8 bytes (0: special tokens), as tokenize-text recorded them in its
+    artifact and pack carried into data/blocks: pretrain's val bpb and evaluate's read this
+    one table."""
+    return torch.from_numpy(open_array(directory, meta, "token_bytes").astype(np.int64))
+
+
+def bits_per_byte(nats_text: float, n_bytes: int) -> float:
+    return nats_text / math.log(2) / max(n_bytes, 1)
+
+
+def text_loss_and_bpb(
+    model: NanoChatModel,
+    blocks: np.ndarray,
+    token_bytes: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+) -> dict:
+    """Mean loss per target token and bits per byte over every [T+1] block in `blocks`."""
+    batches = val_block_batches(blocks, batch_size, len(blocks))
+    nats_all, n_targets, nats_text, n_bytes = text_sums(model, batches, token_bytes, device)
     return {
         "val_loss": nats_all / max(n_targets, 1),
-        "val_bpb": nats_text / math.log(2) / max(n_bytes, 1),
+        "val_bpb": bits_per_byte(nats_text, n_bytes),
         "tokens": n_targets,
         "bytes": n_bytes,
     }

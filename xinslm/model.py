@@ -44,7 +44,7 @@ class ModelConfig:
 
     @classmethod
     def from_params(cls, params: ModelParams, vocab_size: int) -> ModelConfig:
-        return cls(vocab_size=vocab_size, **asdict(params))
+        return cls(vocab_size=vocab_size, **params.shape())  # model.depth applied
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -3,10 +3,12 @@
 AdamW with weight decay on the matrices only; with optimizer: muon, Muon takes the matrices
 inside the blocks and AdamW keeps the embedding and the head (nanochat's split). Every group
 follows one schedule: linear warmup, then cosine decay to min_lr_frac of its own peak.
+With model.depth set, the stages scale the AdamW lr by the model's width (`scale_adamw_lr`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -44,6 +46,24 @@ def make_optimizers(
         for group in optimizer.param_groups:
             group["peak_lr"] = group["lr"]  # the schedule scales each group from its own peak
     return optimizers
+
+
+# nanochat tuned its AdamW learning rates on a 768-wide model (d12) and scales them by
+# 1/sqrt(width / 768) at other widths (gpt.py setup_optimizer); Muon's lr it leaves alone.
+REFERENCE_WIDTH = 768
+
+
+def width_lr_scale(n_embd: int) -> float:
+    """nanochat's factor on the AdamW lrs of a model n_embd wide: 1 at 768, sqrt(3) at 256."""
+    return (n_embd / REFERENCE_WIDTH) ** -0.5
+
+
+def scale_adamw_lr(params: TrainParams, n_embd: int) -> TrainParams:
+    """`params` with lr (AdamW's) scaled for a model n_embd wide, so that the lr set is that
+    of a 768-wide model (the stages do this when model.depth is set). muon_lr is unchanged.
+    Scaled here rather than inside make_optimizers, so the lr logged and the train_params
+    saved in the checkpoint are the lr the optimizer used."""
+    return dataclasses.replace(params, lr=params.lr * width_lr_scale(n_embd))
 
 
 def lr_scale(step: int, params: TrainParams) -> float:

@@ -2,7 +2,8 @@
 
 Blocks are cut with stride context_len, so block k holds stream tokens kT .. kT+T and
 consecutive blocks share one token: with input = block[:-1] and target = block[1:], every
-token after the first is a target exactly once.
+token after the first is a target exactly once. tokenize-text's table of each id's bytes
+(`token_bytes`) comes along, for bits per byte.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ def pack_blocks(tokens_dir: str | Path, out_dir: str | Path, context_len: int) -
                 "blocks": n_blocks,
                 "tokens_used": n_blocks * context_len + bool(n_blocks),
             }
+        # The bytes of each id, copied as they are: pretrain's and evaluate's bpb read them.
+        token_bytes = open_array(tokens_dir, meta_in, "token_bytes")
+        with ArrayWriter(tmp / "token_bytes.bin", token_bytes.dtype) as writer:
+            writer.write(token_bytes)
+            arrays["token_bytes"] = writer.close()
         meta = {
             "kind": "blocks",
             "tokenizer": meta_in["tokenizer"],

@@ -1,13 +1,16 @@
 """tokenize-text: the text inputs -> `train.bin` and `val.bin` token streams plus meta.json.
 
 Each file is one document: its part in each split starts with BOS, and every byte of it,
-newlines included, is kept. Files are read in bounded chunks (xinslm.text), so memory stays
+newlines included, is kept. `token_bytes.bin` holds the UTF-8 bytes each id stands for
+(bits per byte divide by them). Files are read in bounded chunks (xinslm.text), so memory stays
 flat on a file of many GB.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 from xinslm.artifact import ArrayWriter, token_dtype, write_meta
 from xinslm.atomic import atomic_dir
@@ -48,6 +51,11 @@ def tokenize_text(
                 raise XinslmError(f"{path}: file is empty")
             sources.append({"path": str(path), "bytes": path.stat().st_size})
         arrays = {s: w.close() for s, w in writers.items()}
+        # The UTF-8 bytes each id stands for (0: special tokens), carried on through pack's
+        # blocks, so that pretrain's val bpb and evaluate's read the same table.
+        with ArrayWriter(tmp / "token_bytes.bin", np.uint32) as lengths:
+            lengths.write(tokenizer.token_byte_lengths())
+            arrays["token_bytes"] = lengths.close()
         if arrays["train"]["shape"][0] < 2:
             raise XinslmError(f"{input_path}: too little text to train on")
         text_tokens = {s: arrays[s]["shape"][0] - c["documents"] for s, c in counts.items()}

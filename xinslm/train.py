@@ -23,7 +23,8 @@ from xinslm.batches import Batch, BlockBatches, ChatBatches, Prefetcher
 from xinslm.checkpoint import save_checkpoint
 from xinslm.config import TrainParams
 from xinslm.device import pick_device, setup_device
-from xinslm.losses import loss_sums
+from xinslm.flops import flops_per_token
+from xinslm.losses import bits_per_byte, loss_sums, text_sums
 from xinslm.model import NanoChatModel
 from xinslm.optim import lr_scale
 from xinslm.resume import Guard
@@ -43,6 +44,7 @@ class TrainJob:
     resume_path: str | Path | None  # resume checkpoints (None: none)
     data: dict  # what the data is: a resume checkpoint of other data is not used
     checkpoint_extra: dict  # more for the checkpoint: tokenizer, stage, ...
+    token_bytes: torch.Tensor | None = None  # each id's UTF-8 bytes: val bpb is logged too
 
 
 def train_loop(
@@ -55,6 +57,7 @@ def train_loop(
     """Train `model` for job.params.max_steps steps, save job.out_path and return the summary
     (final train and val loss, tokens, steps, seconds). `val_batches()` gives the val batches
     of one evaluation (None: no val loss); `log` replaces the stage's console and dvclive.
+    Every log point carries `flops`, the training FLOPs so far (xinslm.flops, all processes).
 
     Under torchrun, `batches` is this process's slice of each global batch and `val_batches`
     the batches of all: the gradients are averaged over the processes, losses and tokens count
@@ -63,6 +66,7 @@ def train_loop(
     device = distributed.init(world, pick_device(p.device), job.name)
     setup_device(device)
     train_step = TrainStep(model.to(device), p, device)
+    token_flops = flops_per_token(model.config)
     log = log or open_log(job.name, job.live_dir, world.main)
     with contextlib.ExitStack() as stack:
         stack.callback(distributed.close)
@@ -87,9 +91,13 @@ def train_loop(
                     "train/loss": state.close_window(),
                     "lr": p.lr * lr_scale(step, p),
                     "tokens_per_sec": window_tokens / (time.perf_counter() - window_start),
+                    "flops": token_flops * state.tokens,
                 }
                 if val_batches and (state.step % p.eval_every == 0 or state.step == p.max_steps):
-                    metrics["val/loss"] = val_loss(model, val_batches(), device)
+                    metrics.update(evaluate(model, val_batches(), device, job.token_bytes))
+                    # DVC joins a plot's x and y files row by row: the FLOPs of each evaluation
+                    # get a curve of their own beside val/loss's (dvc.yaml: bpb against FLOPs).
+                    metrics["val/flops"] = metrics["flops"]
                 state.log(metrics)
                 log.metrics(state.step, metrics)
                 window_start, window_tokens = time.perf_counter(), 0
@@ -106,14 +114,26 @@ def train_loop(
     return summary
 
 
-def val_loss(model: NanoChatModel, batches: Iterator[Batch], device: torch.device) -> float:
-    """Mean loss per learned target over `batches`; with several processes, each takes every
-    n-th batch and the sums are added up."""
+def evaluate(
+    model: NanoChatModel,
+    batches: Iterator[Batch],
+    device: torch.device,
+    token_bytes: torch.Tensor | None = None,
+) -> dict:
+    """val/loss, the mean loss per learned target over `batches`, and with `token_bytes`
+    val/bpb, bits per byte as the evaluate stage computes them (xinslm.losses.text_sums). With
+    several processes, each takes every n-th batch and the sums are added up."""
     world = distributed.current()
     shard = itertools.islice(batches, world.rank, None, world.size)
-    sums = torch.tensor(loss_sums(model, shard, device), dtype=torch.float64, device=device)
-    total, count = distributed.all_sum_(sums).tolist()
-    return total / max(count, 1)
+    if token_bytes is None:
+        sums = loss_sums(model, shard, device)
+    else:
+        sums = text_sums(model, shard, token_bytes, device)
+    sums = distributed.all_sum_(torch.tensor(sums, dtype=torch.float64, device=device)).tolist()
+    metrics = {"val/loss": sums[0] / max(sums[1], 1)}
+    if token_bytes is not None:
+        metrics["val/bpb"] = bits_per_byte(sums[2], int(sums[3]))
+    return metrics
 
 
 def save_final_checkpoint(job: TrainJob, state: TrainState, summary: dict) -> None:

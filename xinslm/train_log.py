@@ -25,7 +25,8 @@ class TrainLog:
         """After each step."""
 
     def metrics(self, step: int, metrics: dict) -> None:
-        """At each log point: train/loss, lr, tokens_per_sec, and val/loss when evaluated."""
+        """At each log point: train/loss, lr, tokens_per_sec, flops (training FLOPs so far),
+        and when evaluated val/loss, val/flops (the same FLOPs) and in pretrain val/bpb."""
 
     def end(self, summary: dict) -> None:
         """When the run is complete."""
@@ -54,9 +55,10 @@ class ConsoleLog(TrainLog):
         loss, speed = metrics["train/loss"], metrics["tokens_per_sec"]
         self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}")
         if "val/loss" in metrics:
+            bpb = f", val bpb {metrics['val/bpb']:.4f}" if "val/bpb" in metrics else ""
             tqdm.write(
                 f"{self.name} step {step}/{self.total}: train loss {loss:.4f}, "
-                f"val loss {metrics['val/loss']:.4f}"
+                f"val loss {metrics['val/loss']:.4f}{bpb}"
             )
 
     def close(self) -> None:
