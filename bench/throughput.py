@@ -3,7 +3,7 @@
     python bench/throughput.py [--depth 12 20] [--batch 16] [--ctx 2048] [--vocab 32768 65536]
                                [--optimizer adamw muon] [--compile true] [--steps 30]
                                [--compile-mode max-autotune-no-cudagraphs]
-                               [--nproc 2]
+                               [--nproc 2] [--fp8] [--profile FILE]
 
 Each depth is a nanochat-shaped model: n_embd = 64 * depth, heads of 128 channels (as many
 kv heads as heads), ReLU^2 MLP, untied head. One step is forward + backward + optimizer step
@@ -12,10 +12,13 @@ xinslm's train_loop runs it. The median of --steps steps after --warmup steps is
 With --nproc N, the script relaunches itself through torchrun as N processes, one GPU each,
 with the model in DistributedDataParallel as train_loop wraps it; --batch is per GPU, tokens/s
 counts all GPUs and MFU is per GPU.
-MFU counts 6 FLOPs per parameter per token for the matrices (embedding lookups excluded) plus
-attention, 12 * n_layer * n_embd * ctx per token (the score and value matmuls, forward and
-backward, as nanochat and PaLM count them), over a peak of 989 TFLOP/s bf16 (H100/H200 SXM,
-dense). Needs only torch (and numpy, pyyaml for the library's imports): no dvc.
+MFU counts xinslm.flops.flops_per_token (the FLOPs the training logs use): 6 per parameter per
+token for the matrices (embedding lookups excluded) plus attention, 12 * n_layer * n_embd *
+ctx per token (the score and value matmuls, forward and backward, as nanochat and PaLM count
+them), over a peak of 989 TFLOP/s bf16 (H100/H200 SXM, dense). Needs only torch (and numpy,
+pyyaml for the library's imports): no dvc.
+--fp8 trains the blocks' linear layers and the head in float8 through torchao (optional);
+--profile FILE writes the CUDA kernels of three steps of the first configuration, by time.
 """
 
 from __future__ import annotations
@@ -35,16 +38,11 @@ from step_params import step_params  # noqa: E402 (bench/, beside this script)
 
 from xinslm import distributed  # noqa: E402
 from xinslm.device import setup_device  # noqa: E402
+from xinslm.flops import flops_per_token  # noqa: E402
 from xinslm.model import ModelConfig, NanoChatModel  # noqa: E402
 from xinslm.step import TrainStep  # noqa: E402
 
 PEAK_FLOPS = {"cuda": 989e12}  # bf16 dense, H100/H200 SXM
-
-
-def flops_per_token(model: NanoChatModel) -> float:
-    c = model.config
-    matrices = model.num_params() - model.wte.weight.numel()
-    return 6 * matrices + 12 * c.n_layer * c.n_embd * c.context_len
 
 
 def measure(args: argparse.Namespace, depth: int, vocab: int, optimizer: str) -> dict:
@@ -63,6 +61,8 @@ def measure(args: argparse.Namespace, depth: int, vocab: int, optimizer: str) ->
     )
     torch.manual_seed(0)
     model = NanoChatModel(config).to(device)
+    if args.fp8:
+        to_float8(model, args.fp8_recipe)
     params = step_params(optimizer, 1e-3, args.compile)
     train_step = TrainStep(model, params, device, args.compile_mode)
     x = torch.randint(0, vocab, (args.batch, args.ctx), device=device)
@@ -84,6 +84,9 @@ def measure(args: argparse.Namespace, depth: int, vocab: int, optimizer: str) ->
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+    if args.profile and not args.profiled:
+        write_profile(step, args.profile)
+        args.profiled = True
     seconds = statistics.median(times)
     tokens = world.size * args.batch * args.ctx / seconds
     peak = PEAK_FLOPS.get(device.type)
@@ -93,10 +96,36 @@ def measure(args: argparse.Namespace, depth: int, vocab: int, optimizer: str) ->
         "params": model.num_params(),
         "seconds": seconds,
         "tokens_per_sec": tokens,
-        "mfu": flops_per_token(model) * tokens / peak if peak else None,
+        "mfu": flops_per_token(config) * tokens / peak if peak else None,
         "warmup_s": warmup_s,
         "memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None,
     }
+
+
+def to_float8(model: NanoChatModel, recipe: str) -> None:
+    """torchao's float8 training for every linear layer big enough to gain (as nanochat
+    filters them): dims divisible by 16, none below 128."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    def big(module: torch.nn.Module, name: str) -> bool:
+        dims = (module.in_features, module.out_features)
+        return all(d % 16 == 0 for d in dims) and min(dims) >= 128
+
+    config = Float8LinearConfig.from_recipe_name(recipe)
+    convert_to_float8_training(model, config=config, module_filter_fn=big)
+
+
+def write_profile(step, path: str) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(
+        sort_by="cuda_time_total", row_limit=40, max_name_column_width=90
+    )
+    Path(path).write_text(table)
 
 
 def main() -> None:
@@ -116,7 +145,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--nproc", type=int, default=1, help="GPUs, through torchrun")
+    parser.add_argument("--fp8", action="store_true", help="float8 linear layers (torchao)")
+    parser.add_argument("--fp8-recipe", default="tensorwise", help="tensorwise or rowwise")
+    parser.add_argument("--profile", help="write the kernels of 3 steps to this file")
     args = parser.parse_args()
+    args.profiled = False
     world = distributed.launch(args.nproc, "throughput")  # only rank 0 prints from here on
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"device: {world.size} x {name}, torch {torch.__version__}, ", end="")

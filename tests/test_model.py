@@ -161,3 +161,19 @@ def test_rotary_turns_each_channel_pair_by_its_positions_angle():
     torch.testing.assert_close(got, torch.cat([x1 * c + x2 * s, x2 * c - x1 * s], -1))
     assert torch.equal(got[:, 0], x[:, 0])  # position 0: no turn
     torch.testing.assert_close(got.norm(dim=-1), x.norm(dim=-1))  # a rotation keeps lengths
+
+
+def test_one_qkv_matmul_projects_as_the_three_weights_would() -> None:
+    # Training projects q, k and v with one matmul of the concatenated weights: each must
+    # come out as its own weight's projection, turned and normalized (q and k) or not (v).
+    torch.manual_seed(0)
+    attn = NanoChatModel(ModelConfig(**TINY)).blocks[0].attn
+    x = torch.randn(2, 5, 64)
+    cos, sin = rotary_tables(5, 16, 10000.0)
+    cos, sin = cos[None], sin[None]
+    q, k, v = attn._qkv(x, cos, sin)
+    want_q = F.rms_norm(apply_rotary(attn.c_q(x).view(2, 5, 4, 16), cos, sin), (16,))
+    want_k = F.rms_norm(apply_rotary(attn.c_k(x).view(2, 5, 2, 16), cos, sin), (16,))
+    torch.testing.assert_close(q, want_q)
+    torch.testing.assert_close(k, want_k)
+    torch.testing.assert_close(v, attn.c_v(x).view(2, 5, 2, 16))

@@ -24,24 +24,46 @@ def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return x.mT if tall else x
 
 
-_compiled_orthogonalize = None
+def muon_update(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    buffers: list[torch.Tensor],
+    momentum: float,
+    lr: float | torch.Tensor,
+    ns_steps: int,
+) -> None:
+    """One Muon step for matrices of one shape: momentum, the Nesterov look-ahead, one batched
+    orthogonalization of them all, the update. On a GPU it runs compiled as one graph
+    (`fused_update`), so a shape's step is a few kernels instead of several per matrix."""
+    for g, buf in zip(grads, buffers, strict=True):
+        buf.lerp_(g, 1 - momentum)
+    # Nesterov: the update looks ahead along the momentum.
+    looking_ahead = [g.lerp(buf, momentum) for g, buf in zip(grads, buffers, strict=True)]
+    updates = torch.stack(looking_ahead)
+    updates = orthogonalize(updates, ns_steps)
+    rows, cols = params[0].shape
+    step = lr * max(1.0, rows / cols) ** 0.5  # every shape gets updates of about the same size
+    for p, update in zip(params, updates.unbind(0), strict=True):
+        p.sub_(update.to(p.dtype) * step)
 
 
-def _orthogonalize_on(device: torch.device, compiled: bool):
-    """Compiled on a GPU if asked, where fusing the iteration's small kernels pays (after a
-    few seconds of compiling); plain elsewhere."""
-    global _compiled_orthogonalize
-    if device.type != "cuda" or not compiled:
-        return orthogonalize
-    if _compiled_orthogonalize is None:
-        _compiled_orthogonalize = torch.compile(orthogonalize)
-    return _compiled_orthogonalize
+_fused_update = None
+
+
+def fused_update():
+    """muon_update compiled once per process (each shape and count of matrices is one graph);
+    its lr is a 0-d CPU tensor, so the schedule does not recompile it."""
+    global _fused_update
+    if _fused_update is None:
+        _fused_update = torch.compile(muon_update, fullgraph=True, dynamic=False)
+    return _fused_update
 
 
 class Muon(torch.optim.Optimizer):
     """SGD with Nesterov momentum whose update is orthogonalized, scaled so that every matrix
     shape gets updates of about the same size. Matrices of one shape are orthogonalized
-    together, as one batched iteration."""
+    together, as one batched iteration; compiled (`compiled`, on a GPU) the whole step of a
+    shape is one graph."""
 
     def __init__(
         self,
@@ -53,6 +75,7 @@ class Muon(torch.optim.Optimizer):
     ):
         super().__init__(params, {"lr": lr, "momentum": momentum, "ns_steps": ns_steps})
         self.compiled = compiled
+        self.lr_cell = torch.zeros(())  # the compiled step's lr: a tensor, so no recompiles
 
     @torch.no_grad()
     def step(self) -> None:
@@ -64,20 +87,14 @@ class Muon(torch.optim.Optimizer):
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p.grad)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - group["momentum"])
                 by_shape.setdefault(tuple(p.shape), []).append(p)
-            for shape, params in by_shape.items():
-                # Nesterov: the update looks ahead along the momentum.
-                updates = torch.stack(
-                    [
-                        p.grad.lerp(self.state[p]["momentum_buffer"], group["momentum"])
-                        for p in params
-                    ]
-                )
-                updates = _orthogonalize_on(updates.device, self.compiled)(
-                    updates, group["ns_steps"]
-                )
-                scale = max(1.0, shape[-2] / shape[-1]) ** 0.5
-                for p, update in zip(params, updates, strict=True):
-                    p.add_(update.to(p.dtype), alpha=-group["lr"] * scale)
+            for params in by_shape.values():
+                grads = [p.grad for p in params]
+                buffers = [self.state[p]["momentum_buffer"] for p in params]
+                args = (group["momentum"], group["lr"], group["ns_steps"])
+                if self.compiled and params[0].is_cuda:
+                    self.lr_cell.fill_(group["lr"])
+                    args = (group["momentum"], self.lr_cell, group["ns_steps"])
+                    fused_update()(params, grads, buffers, *args)
+                else:
+                    muon_update(params, grads, buffers, *args)
