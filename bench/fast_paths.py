@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 SHARED = Path(os.environ.get("XINSLM_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 from step_params import step_params  # noqa: E402
-from throughput import to_float8  # noqa: E402
 
 from xinslm.device import setup_device  # noqa: E402
+from xinslm.fp8 import to_float8  # noqa: E402
 from xinslm.model import ModelConfig, NanoChatModel  # noqa: E402
 from xinslm.step import TrainStep  # noqa: E402
 

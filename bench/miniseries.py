@@ -70,7 +70,7 @@ def run(args: argparse.Namespace, depth: int, work: Path) -> dict:
         muon_momentum=0.95, min_lr_frac=0.1, warmup_steps=max(1, steps // 20),
         weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, log_every=max(1, steps // 10),
         eval_every=max(1, steps // 10), eval_batches=20, checkpoint_every=0, seed=1337,
-        device=args.device, compile=args.compile, nproc=1, shift_blocks=True,
+        device=args.device, compile=args.compile, nproc=1, fp8=False, shift_blocks=True,
         tokens_per_param=args.tokens_per_param,
     )  # fmt: skip
     seed_everything(params.seed)

@@ -122,6 +122,7 @@ def main() -> None:
         device=device,
         compile={"auto": "auto", "true": True, "false": False}[args.compile],
         nproc=1,
+        fp8=False,
         shift_blocks=args.shift_blocks == "true",
         tokens_per_param=0.0,  # unused: max_steps is set
     )

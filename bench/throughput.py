@@ -39,6 +39,7 @@ from step_params import step_params  # noqa: E402 (bench/, beside this script)
 from xinslm import distributed  # noqa: E402
 from xinslm.device import setup_device  # noqa: E402
 from xinslm.flops import flops_per_token  # noqa: E402
+from xinslm.fp8 import to_float8  # noqa: E402
 from xinslm.model import ModelConfig, NanoChatModel  # noqa: E402
 from xinslm.step import TrainStep  # noqa: E402
 
@@ -100,19 +101,6 @@ def measure(args: argparse.Namespace, depth: int, vocab: int, optimizer: str) ->
         "warmup_s": warmup_s,
         "memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None,
     }
-
-
-def to_float8(model: NanoChatModel, recipe: str) -> None:
-    """torchao's float8 training for every linear layer big enough to gain (as nanochat
-    filters them): dims divisible by 16, none below 128."""
-    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
-
-    def big(module: torch.nn.Module, name: str) -> bool:
-        dims = (module.in_features, module.out_features)
-        return all(d % 16 == 0 for d in dims) and min(dims) >= 128
-
-    config = Float8LinearConfig.from_recipe_name(recipe)
-    convert_to_float8_training(model, config=config, module_filter_fn=big)
 
 
 def write_profile(step, path: str) -> None:

@@ -27,7 +27,7 @@ from xinslm.tokenizer import TIKTOKEN_ENCODINGS
 REPO_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 PRETRAIN_KEYS = (
     "batch_size, beta1, beta2, checkpoint_every, compile, device, eval_batches, eval_every, "
-    "grad_accum, grad_clip, log_every, lr, max_steps, min_lr_frac, muon_lr, muon_momentum, "
+    "fp8, grad_accum, grad_clip, log_every, lr, max_steps, min_lr_frac, muon_lr, muon_momentum, "
     "nproc, optimizer, seed, shift_blocks, tokens_per_param, warmup_steps, weight_decay"
 )
 

@@ -134,6 +134,7 @@ class TrainParams:
     device: str
     compile: Literal["auto", True, False]
     nproc: int
+    fp8: bool
 
     def check(self) -> None:
         self.check_max_steps()

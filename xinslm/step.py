@@ -14,6 +14,7 @@ from xinslm import distributed
 from xinslm.batches import Batch
 from xinslm.config import TrainParams
 from xinslm.device import autocast_for, use_compile
+from xinslm.fp8 import check_fp8, to_float8
 from xinslm.model import IGNORE_INDEX, NanoChatModel
 from xinslm.optim import lr_scale, make_optimizers, set_lr
 
@@ -29,6 +30,9 @@ class TrainStep:
         """`model` must be on `device` already (the optimizers are made for it)."""
         self.model, self.params, self.device = model, params, device
         self.processes = distributed.current().size
+        if params.fp8:  # before compiling and before the optimizers take the parameters
+            check_fp8(device)
+            to_float8(model)
         compiled = use_compile(params.compile, device)
         self.optimizers = make_optimizers(model, params, compiled)
         self.ddp = distributed.data_parallel(model, device)
