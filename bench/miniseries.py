@@ -33,13 +33,12 @@ from xinslm.device import seed_everything  # noqa: E402
 from xinslm.flops import flops_per_token, horizon_steps, scaling_params  # noqa: E402
 from xinslm.losses import read_token_bytes  # noqa: E402
 from xinslm.model import ModelConfig, NanoChatModel  # noqa: E402
+from xinslm.optim import width_lr_scale  # noqa: E402
 from xinslm.pack import pack_blocks  # noqa: E402
 from xinslm.tokenize_text import tokenize_text  # noqa: E402
 from xinslm.tokenizer import ByteTokenizer  # noqa: E402
 from xinslm.train import TrainJob, train_loop  # noqa: E402
 from xinslm.train_log import ConsoleLog  # noqa: E402
-
-REFERENCE_WIDTH = 768  # nanochat's: AdamW lrs are tuned at 768 wide
 
 
 class CurveLog(ConsoleLog):
@@ -66,7 +65,7 @@ def run(args: argparse.Namespace, depth: int, work: Path) -> dict:
     steps = args.max_steps or horizon_steps(config, args.tokens_per_param, args.batch * args.ctx)
     params = PretrainParams(
         max_steps=steps, batch_size=args.batch, grad_accum=1, optimizer="muon",
-        lr=args.lr * (config.n_embd / REFERENCE_WIDTH) ** -0.5, muon_lr=0.02,
+        lr=args.lr * width_lr_scale(config.n_embd), muon_lr=0.02,
         muon_momentum=0.95, min_lr_frac=0.1, warmup_steps=max(1, steps // 20),
         weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, log_every=max(1, steps // 10),
         eval_every=max(1, steps // 10), eval_batches=20, checkpoint_every=0, seed=1337,
