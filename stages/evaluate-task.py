@@ -20,14 +20,14 @@ CHAT, CHATS, OUT = "checkpoints/chat.pt", "data/chat", "eval/tasks"
 
 
 def main() -> None:
-    tok_p, ev = load_params("params.yaml", "tokenizer", "eval")
+    tok_p, ev, chat = load_params("params.yaml", "tokenizer", "eval", "chat")
     task = next((t for t in ev.tasks if t.name == sys.argv[1]), None)
     if task is None:
         raise XinslmError(f"params.yaml: no task named '{sys.argv[1]}' in eval.tasks")
     ckpt = load_checkpoint(CHAT)
     tokenizer = tokenizer_for(ckpt["tokenizer"], CHAT, tok_p.encodings_dir)
     model = model_from_checkpoint(ckpt).to(pick_device(ev.device))
-    items = load_items(task.path, task.kind, task.limit)
+    items = load_items(task.path, task.kind, task.limit, chat.utf8_errors)
     if task.kind == "answer":
         engine = Engine(model, max_batch=min(ev.batch_size, len(items) * task.samples))
         sampling = Sampling(1, ev.temperature, ev.top_k, ev.top_p, ev.seed)

@@ -247,12 +247,14 @@ def render_chat_files(
     overlong: str = "truncate",
     tool_calls: bool = True,
     decontaminate: tuple[str, ...] = (),
+    utf8_errors: str = "strict",
 ) -> dict:
     """render_chat over two JSONL files, with the chat section's settings as arguments."""
     chat = ChatParams(
         input=str(train),
         val_input=str(val),
         on_error=on_error,
+        utf8_errors=utf8_errors,
         overlong=overlong,
         tool_calls=tool_calls,
         decontaminate=list(decontaminate),

@@ -106,7 +106,10 @@ BAD_RECORDS = [
     ({"messages": "hi"}, "field 'messages' must be a non-empty list"),
     ({"messages": ["hi"]}, "messages[0] must be an object with 'role' and 'content'"),
     ({"messages": [msg("bot", "x")]}, "messages[0].role: 'bot' is not one of system, user"),
-    ({"messages": [msg("user", 5)]}, "messages[0].content must be a string, got int"),
+    (
+        {"messages": [msg("user", 5)]},
+        "messages[0].content must be a string or a list of text parts, got int",
+    ),
     (
         {"messages": [msg("user", "u"), msg("system", "s"), msg("assistant", "a")]},
         "messages[1].role: a system message may only come first",
@@ -122,8 +125,80 @@ BAD_RECORDS = [
     ),
     ({"messages": [msg("user", "u")]}, "no assistant message: nothing to learn"),
     (
-        {"messages": [{"role": "user", "content": "u", "name": "x"}, msg("assistant", "a")]},
-        "messages[0] has unknown field 'name'",
+        {"messages": [{"role": "user", "content": "u", "refusal": "x"}, msg("assistant", "a")]},
+        "messages[0] has unknown field 'refusal'",
+    ),
+]
+
+# OpenAI's chat format: what cannot be rendered is refused, naming the field.
+TOOLS = (
+    "cannot be rendered by this chat template (its one tool is the calculator, written "
+    "<<expr=result>> in an assistant's content)"
+)
+CALL = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+OPENAI_REFUSED = [
+    (
+        {
+            "messages": [
+                msg("user", "u"),
+                {"role": "assistant", "content": None, "tool_calls": CALL},
+            ]
+        },
+        f"messages[1].tool_calls: tool calls {TOOLS}",
+    ),
+    (
+        {"messages": [msg("user", "u"), {**msg("assistant", ""), "function_call": {"name": "f"}}]},
+        f"messages[1].function_call: tool calls {TOOLS}",
+    ),
+    (
+        {
+            "messages": [
+                *exchange("u", "a"),
+                {"role": "tool", "content": "42", "tool_call_id": "c1"},
+            ]
+        },
+        f"messages[2].role: 'tool' messages (tool results) {TOOLS}",
+    ),
+    (
+        {"messages": [*exchange("u", "a"), msg("function", "42")]},
+        f"messages[2].role: 'function' messages (tool results) {TOOLS}",
+    ),
+    ({"messages": exchange("u", "a"), "tools": []}, f"field 'tools': tool definitions {TOOLS}"),
+    ({"messages": exchange("u", "a"), "functions": []}, "field 'functions': tool definitions"),
+    (
+        {"messages": exchange("u", "a"), "system": "Be brief."},
+        "field 'system': put the system prompt in messages[0], with role 'system'",
+    ),
+    (
+        {"messages": [{**msg("user", "u"), "weight": 1}, msg("assistant", "a")]},
+        "messages[0].weight: only an assistant message has a weight",
+    ),
+    *(
+        (
+            {"messages": [msg("user", "u"), {**msg("assistant", "a"), "weight": w}]},
+            f"messages[1].weight: must be 0 (not learned) or 1 (learned), got {shown}",
+        )
+        for w, shown in ((0.5, "0.5"), (1.0, "1.0"), (True, "true"), ("1", '"1"'), (2, "2"))
+    ),
+    (
+        {"messages": [msg("user", "u"), {**msg("assistant", "a"), "weight": 0}]},
+        "every assistant message has weight 0: nothing to learn",
+    ),
+    (
+        {"messages": [msg("user", [{"type": "image_url", "image_url": {"url": "x"}}])]},
+        "messages[0].content[0].type: \"image_url\" parts cannot be rendered (only 'text' parts)",
+    ),
+    (
+        {"messages": [msg("user", [{"type": "text", "text": "a", "cache": 1}])]},
+        "messages[0].content[0] has unknown field 'cache'",
+    ),
+    (
+        {"messages": [msg("user", [{"type": "text", "text": 5}])]},
+        "messages[0].content[0].text must be a string, got int",
+    ),
+    (
+        {"messages": [msg("user", ["a"])]},
+        "messages[0].content[0] must be an object with 'type' and 'text'",
     ),
 ]
 
@@ -134,9 +209,69 @@ def test_validate_record_rejects(record, problem):
         validate_record(record)
 
 
+@pytest.mark.parametrize("record, problem", OPENAI_REFUSED)
+def test_openai_fields_that_cannot_be_rendered_are_refused_by_name(record, problem):
+    with pytest.raises(ValueError) as e:
+        validate_record(record)
+    assert str(e.value).startswith(problem)
+
+
 def test_validate_record_returns_the_messages():
     messages = [msg("system", "s"), *exchange("u", "a")]
     assert validate_record({"messages": messages}) == messages
+
+
+def test_openai_name_and_metadata_are_ignored():
+    named = [{**msg("user", "u"), "name": "ann"}, {**msg("assistant", "a"), "name": "bot"}]
+    record = {"id": "chatcmpl-1", "metadata": {"source": "x"}, "messages": named}
+    assert validate_record(record) == exchange("u", "a")
+
+
+def test_openai_text_parts_are_joined():
+    parts = [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]
+    record = {"messages": [msg("user", parts), msg("assistant", [])]}
+    assert validate_record(record) == exchange("hello", "")
+
+
+def test_weight_0_is_context_and_weight_1_is_learned():
+    record = {
+        "messages": [
+            *exchange("a", "b"),
+            msg("user", "c"),
+            {**msg("assistant", "d"), "weight": 0},
+            msg("user", "e"),
+            {**msg("assistant", "f"), "weight": 1},
+        ]
+    }
+    conv = validate_record(record)
+    assert [m.get("weight") for m in conv] == [None, None, None, 0, None, 1]
+    ids, learned = render_conversation(conv, BYTE)
+    assert BYTE.decode(ids) == (
+        "<|bos|><|user|>\na<|end|>\n<|assistant|>\nb<|end|>\n<|user|>\nc<|end|>\n"
+        "<|assistant|>\nd<|end|>\n<|user|>\ne<|end|>\n<|assistant|>\nf<|end|>\n"
+    )
+    # Each exchange is 10 ids: <|user|> \n x <|end|> \n <|assistant|> \n y <|end|> \n.
+    exchange_flags = [0, 0, 0, 0, 0, 0, 0, 1, 1, 0]
+    assert learned == [0, *exchange_flags, *[0] * 10, *exchange_flags]
+
+
+def test_weight_0_unlearns_a_calculator_call_too():
+    conv = [msg("user", "q"), {**msg("assistant", "<<1+1=2>>"), "weight": 0}]
+    conv += [msg("user", "r"), msg("assistant", "s")]
+    ids, learned = render_conversation(validate_record({"messages": conv}), BYTE)
+    calc = [BYTE.special[t] for t in ("<|calc_start|>", "<|calc_end|>", "<|result_start|>")]
+    assert set(calc) <= set(ids[:18])  # the weight-0 answer still renders as a call ...
+    assert learned == [0] * (len(ids) - 3) + [1, 1, 0]  # ... but only "s" and <|end|> are learned
+
+
+def test_fit_conversation_ends_on_a_learned_answer():
+    unlearned = {**msg("assistant", "yo"), "weight": 0}
+    conv = [*exchange("hi", "yo"), msg("user", "more"), unlearned]
+    first = render_conversation(conv[:2], BYTE)
+    assert fit_conversation(conv, BYTE, 100) == first  # the trailing weight-0 turn teaches nothing
+    conv = [msg("user", "hi"), unlearned, *exchange("more", "a longer answer")]
+    assert len(render_conversation(conv, BYTE)[0]) == 40
+    assert fit_conversation(conv, BYTE, 39) is None  # not cut back to [hi, weight-0 yo]
 
 
 # --- load_conversations ------------------------------------------------------------------
@@ -152,7 +287,10 @@ def test_read_jsonl_numbers_the_lines_and_carries_bad_ones(tmp_path):
         lines[2][1].problem
         == "malformed JSON: Expecting property name enclosed in double quotes at column 2"
     )
-    assert lines[3][1].problem == "not valid UTF-8 (invalid start byte at column 1)"
+    assert lines[3][1].problem == (
+        "not valid UTF-8 (invalid start byte at column 1); set chat.utf8_errors: replace to "
+        "read bad bytes as U+FFFD"
+    )
 
 
 def test_malformed_json_names_file_and_line(tmp_path):
@@ -186,6 +324,65 @@ def test_skip_invalid_utf8_keeps_the_other_lines(tmp_path):
     conversations, skipped = load_conversations(path, on_error="skip")
     assert len(conversations) == 3
     assert len(skipped) == 1 and skipped[0].startswith(f"{path}:3: not valid UTF-8")
+
+
+# A lone surrogate escape: valid JSON, not valid Unicode (scraped data holds them).
+SURROGATE_LINE = (
+    '{"messages": [{"role": "user", "content": "ok \\ud800"}, '
+    '{"role": "assistant", "content": "hi"}]}\n'
+)
+SURROGATE_PROBLEM = (
+    "messages[0].content: lone surrogate \\ud800 (character 4) is not valid Unicode; set "
+    "chat.utf8_errors: replace to read it as U+FFFD"
+)
+
+
+def test_lone_surrogate_names_file_line_and_field(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    path.write_text(jsonl(GOOD) + SURROGATE_LINE)
+    with pytest.raises(XinslmError) as e:
+        load_conversations(path)
+    assert str(e.value) == (
+        f"{path}:2: {SURROGATE_PROBLEM} (set chat.on_error: skip to skip such records)"
+    )
+    conversations, skipped = load_conversations(path, on_error="skip")
+    assert conversations == [GOOD["messages"]]
+    assert skipped == [f"{path}:2: {SURROGATE_PROBLEM}"]
+
+
+def test_lone_surrogate_replaced_when_asked(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    bad_byte = jsonl({"messages": exchange("b#d", "x")}).encode().replace(b"#", b"\xff")
+    path.write_bytes(SURROGATE_LINE.encode() + bad_byte)
+    conversations, _ = load_conversations(path, utf8_errors="replace")
+    assert conversations == [exchange("ok \ufffd", "hi"), exchange("b\ufffdd", "x")]
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ('"\\udc00"', "the line: lone surrogate \\udc00 (character 1)"),
+        ('[1, ["a\\uDBFF"]]', "[1][0]: lone surrogate \\udbff (character 2)"),
+        (
+            '{"a": {"b\\ud800": 1}}',
+            "a: field name 'b\\ud800': lone surrogate \\ud800 (character 2)",
+        ),
+        ('{"q": "\\ud83d\\ude00 \\ude00"}', "q: lone surrogate \\ude00 (character 3)"),
+    ],
+)
+def test_lone_surrogates_anywhere_in_a_line_are_named(tmp_path, line, problem):
+    path = tmp_path / "any.jsonl"
+    path.write_text(line + "\n")
+    [(lineno, bad)] = read_jsonl(path)
+    assert lineno == 1 and bad.problem.startswith(problem + " is not valid Unicode")
+    [(_, value)] = read_jsonl(path, "replace")
+    assert "\ufffd" in json.dumps(value, ensure_ascii=False)
+
+
+def test_surrogate_pairs_and_escaped_backslashes_are_fine(tmp_path):
+    path = tmp_path / "any.jsonl"
+    path.write_text('{"q": "\\ud83d\\ude00 \\\\ud800"}\n')
+    assert list(read_jsonl(path)) == [(1, {"q": "\U0001f600 \\ud800"})]
 
 
 def test_blank_lines_are_skipped(tmp_path):
@@ -257,6 +454,7 @@ def val_file(tmp_path):
 RENDER_CHAT_FAILURES = [
     ("malformed", jsonl(GOOD) + "{oops\n", {}, ":2: malformed JSON"),
     ("invalid", jsonl(GOOD, {"messages": [msg("user", "u")]}), {}, ":2: no assistant message"),
+    ("lone surrogate", jsonl(GOOD) + SURROGATE_LINE, {}, f":2: {SURROGATE_PROBLEM}"),
     ("empty", "", {}, ": no valid conversations"),
     ("missing", None, {}, ": chat file not found"),
     ("too long", jsonl(_long(50), _long(60)), {"context_len": 20}, ": every training conversation"),
@@ -361,7 +559,78 @@ def test_render_chat_overlong(tmp_path, overlong, truncated, dropped, train):
         assert ids[offsets[1] : offsets[2]].tolist() == kept
 
 
+def test_render_chat_openai_export(tmp_path):
+    """An OpenAI fine-tuning export renders as documented: name and record metadata
+    ignored, text parts joined, weight 0 context, weight 1 learned."""
+    record = {
+        "id": "ft-1",
+        "messages": [
+            {"role": "system", "content": "S", "name": "policy"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}], "name": "ann"},
+            {"role": "assistant", "content": "b", "weight": 0},
+            {"role": "user", "content": "c"},
+            {"role": "assistant", "content": "d", "weight": 1},
+        ],
+    }
+    path = tmp_path / "chat.jsonl"
+    path.write_text(jsonl(record))
+    out = tmp_path / "chat"
+    meta = render_chat_files(path, val_file(tmp_path), BYTE, out, context_len=64)
+    ids = open_array(out, meta, "train_ids").tolist()
+    mask = open_array(out, meta, "train_mask").tolist()
+    assert BYTE.decode(ids) == (
+        "<|bos|><|system|>\nS<|end|>\n<|user|>\na<|end|>\n<|assistant|>\nb<|end|>\n"
+        "<|user|>\nc<|end|>\n<|assistant|>\nd<|end|>\n"
+    )
+    assert [i for i, flag in enumerate(mask) if flag] == [len(ids) - 3, len(ids) - 2]
+    assert BYTE.decode([ids[-3], ids[-2]]) == "d<|end|>"
+
+
+def test_render_chat_replaces_lone_surrogates_when_asked(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    path.write_text(SURROGATE_LINE)
+    out = tmp_path / "chat"
+    meta = render_chat_files(path, val_file(tmp_path), BYTE, out, 64, utf8_errors="replace")
+    ids = open_array(out, meta, "train_ids").tolist()
+    assert ids == render_conversation(exchange("ok \ufffd", "hi"), BYTE)[0]
+    assert ids[3:9] == [*b"ok \xef\xbf\xbd"]
+
+
 # --- property ----------------------------------------------------------------------------
+
+# Any string JSON can carry: Unicode text, with lone surrogates (JSON's "\ud800") mixed in.
+SURROGATE = st.integers(0xD800, 0xDFFF).map(chr)
+JSON_STRING = st.one_of(
+    st.text(max_size=20), st.text(alphabet=st.one_of(st.characters(), SURROGATE), max_size=20)
+)
+
+
+def without_surrogates(text):
+    return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(JSON_STRING, JSON_STRING)
+def test_any_json_string_content_renders_or_is_refused(tmp_path_factory, user, answer):
+    path = tmp_path_factory.mktemp("chat") / "chat.jsonl"
+    path.write_text(jsonl(GOOD, {"messages": exchange(user, answer)}))  # ensure_ascii: escaped
+    # What JSON reads back: a high and low surrogate in a row are one character (a pair).
+    user, answer = (json.loads(json.dumps(text)) for text in (user, answer))
+    bad = [i for i, text in enumerate((user, answer)) if text != without_surrogates(text)]
+    for utf8_errors in ("strict", "replace"):
+        out = path.parent / utf8_errors
+        try:
+            meta = render_chat_files(path, path, BYTE, out, 512, utf8_errors=utf8_errors)
+        except XinslmError as e:
+            assert utf8_errors == "strict" and bad, str(e)
+            assert str(e).startswith(f"{path}:2: messages[{bad[0]}].content: lone surrogate ")
+            assert not out.exists()
+            continue
+        assert utf8_errors == "replace" or not bad
+        ids, offsets = (open_array(out, meta, f"train_{a}").tolist() for a in ("ids", "offsets"))
+        clean = exchange(without_surrogates(user), without_surrogates(answer))
+        assert ids[offsets[1] :] == render_conversation(clean, BYTE)[0]
+
 
 CONTENT = st.one_of(
     st.text(max_size=30),

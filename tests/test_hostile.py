@@ -23,6 +23,11 @@ from conftest import REPO, run_stage, run_stage_ok, run_stage_process, set_param
 GOOD_CHAT = (
     '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
 )
+# Issue 18's record: a lone surrogate escape, valid JSON but not valid Unicode.
+SURROGATE_CHAT = (
+    '{"messages": [{"role": "user", "content": "\\ud800"}, '
+    '{"role": "assistant", "content": "hi"}]}\n'
+)
 TEXT = "data/example_data_text.txt"
 CHAT = "data/example_data_chat.jsonl"
 SKIP_HINT = " (set chat.on_error: skip to skip such records)"
@@ -208,7 +213,8 @@ CASES = [
         "chat-content-not-a-string",
         "render-chat",
         chat_line('{"messages": [{"role": "user", "content": 5}]}'),
-        f"{CHAT}:3: messages[0].content must be a string, got int{SKIP_HINT}",
+        f"{CHAT}:3: messages[0].content must be a string or a list of text parts, got int"
+        f"{SKIP_HINT}",
     ),
     (
         "chat-unknown-role",
@@ -242,7 +248,26 @@ CASES = [
         "chat-not-utf8",
         "render-chat",
         write(CHAT, GOOD_CHAT.encode() * 2 + b'{"messages": "\xff"}\n'),
-        f"{CHAT}:3: not valid UTF-8 (invalid start byte at column 15){SKIP_HINT}",
+        f"{CHAT}:3: not valid UTF-8 (invalid start byte at column 15); set chat.utf8_errors: "
+        f"replace to read bad bytes as U+FFFD{SKIP_HINT}",
+    ),
+    (
+        "chat-lone-surrogate",
+        "render-chat",
+        chat_line(SURROGATE_CHAT.strip()),
+        f"{CHAT}:3: messages[0].content: lone surrogate \\ud800 (character 1) is not valid "
+        f"Unicode; set chat.utf8_errors: replace to read it as U+FFFD{SKIP_HINT}",
+    ),
+    (
+        "chat-tool-calls",
+        "render-chat",
+        chat_line(
+            '{"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", '
+            '"content": null, "tool_calls": [{"id": "c1", "type": "function"}]}]}'
+        ),
+        f"{CHAT}:3: messages[1].tool_calls: tool calls cannot be rendered by this chat template "
+        "(its one tool is the calculator, written <<expr=result>> in an assistant's content)"
+        f"{SKIP_HINT}",
     ),
     ("chat-empty", "render-chat", write(CHAT, "\n\n"), f"{CHAT}: no valid conversations"),
     (
@@ -442,6 +467,25 @@ def test_bad_chat_record_skipped_when_asked(workdir: Path) -> None:
     assert "render-chat: 9 train and 2 val conversations" in proc.stdout
     assert "(1 skipped, 0 truncated, 0 dropped)" in proc.stdout
     assert f"skipped {CHAT}:3: malformed JSON" in proc.stdout
+
+
+def test_lone_surrogate_replaced_when_asked(workdir: Path) -> None:
+    (workdir / CHAT).write_text(SURROGATE_CHAT + GOOD_CHAT)
+    set_params(workdir, "chat", utf8_errors="replace")
+    proc = run_stage_ok("render-chat", workdir)
+    assert "render-chat: 2 train and 2 val conversations" in proc.stdout
+    ids = np.fromfile(workdir / "data" / "chat" / "train_ids.bin", dtype=np.uint16)
+    assert bytes(ids[3:6].astype(np.uint8)) == "\ufffd".encode()  # after <|bos|><|user|>\n
+
+
+def test_openai_name_field_is_ignored(workdir: Path) -> None:
+    named = GOOD_CHAT.replace('"content": "hi"}', '"content": "hi", "name": "ann"}')
+    assert '"name": "ann"' in named
+    (workdir / CHAT).write_text(named * 3)
+    proc = run_stage_ok("render-chat", workdir)
+    assert "render-chat: 3 train and 2 val conversations" in proc.stdout
+    ids = np.fromfile(workdir / "data" / "chat" / "train_ids.bin", dtype=np.uint16)
+    assert b"ann" not in bytes(ids.astype(np.uint8))
 
 
 def test_bad_utf8_replaced_when_asked(workdir: Path) -> None:

@@ -4,6 +4,7 @@ pass@k, and the contamination check between training chats and task questions.""
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -14,7 +15,12 @@ from test_generate import context_model
 
 from xinslm.artifact import open_array, read_meta
 from xinslm.chat_template import render_prompt
-from xinslm.contamination import fingerprint_table, fingerprints, matching_conversations
+from xinslm.contamination import (
+    fingerprint_table,
+    fingerprints,
+    matching_conversations,
+    task_questions,
+)
 from xinslm.errors import XinslmError
 from xinslm.sampling import Sampling
 from xinslm.task_scoring import pass_at_k
@@ -186,6 +192,28 @@ def test_task_files_of_both_kinds_and_their_errors(tmp_path):
             load_items(path, kind)
     with pytest.raises(XinslmError, match="task file not found"):
         load_items(tmp_path / "missing.jsonl", "answer")
+
+
+def test_task_file_lone_surrogate_names_file_line_and_field(tmp_path):
+    path = tmp_path / "task.jsonl"
+    good = '{"question": "Q", "choices": ["a", "b"], "answer": 0}\n'
+    path.write_text(good + '{"question": "Q", "choices": ["a", "b\\udfff"], "answer": 1}\n')
+    with pytest.raises(XinslmError) as e:
+        load_items(path, "choice")
+    assert str(e.value) == (
+        f"{path}:2: choices[1]: lone surrogate \\udfff (character 2) is not valid Unicode; "
+        "set chat.utf8_errors: replace to read it as U+FFFD"
+    )
+    items = load_items(path, "choice", utf8_errors="replace")
+    assert items[1].choices == ["a", "b\ufffd"]
+
+
+def test_decontamination_reads_task_files_by_the_same_rule(tmp_path):
+    path = tmp_path / "task.jsonl"
+    path.write_text('{"question": "one\\ud800 two", "answer": "1"}\n')
+    with pytest.raises(XinslmError, match=re.escape(f"{path}:1: question: lone surrogate")):
+        task_questions(path)
+    assert task_questions(path, "replace") == ["one\ufffd two"]
 
 
 # --- contamination ----------------------------------------------------------------------------

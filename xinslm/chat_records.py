@@ -1,59 +1,118 @@
 """Chat JSONL: reading a file line by line and checking each record.
 
 A record is `{"messages": [{"role", "content"}, ...]}`: roles system, user and assistant;
-content a string; a system message only first; then user and assistant alternate, starting
-with user; at least one assistant message. A bad record is reported as `file:line: problem`.
+content a string (or OpenAI's list of text parts, joined); a system message only first; then
+user and assistant alternate, starting with user; at least one assistant message that is
+learned. A bad record is reported as `file:line: problem`.
+
+OpenAI's fine-tuning format reads as it means or is refused, never half-read: a message's
+`name` is ignored (the template has no place for it), an assistant's `weight` 0 or 1 says
+whether the model learns it; tool calls (`tool_calls`, `function_call`, the `tool` and
+`function` roles, a record's `tools` and `functions`) cannot be rendered and are refused by
+name, as is any other message field. Other record fields (ids, metadata) are ignored, but a
+record-level `system` is refused (it would be a system prompt silently dropped).
+
+JSON may escape a lone surrogate (`"\\ud800"`): valid JSON, not valid Unicode. `utf8_errors`
+'strict' refuses it naming the field, 'replace' reads it as U+FFFD (as it does bytes that are
+not UTF-8).
 """
 
 from __future__ import annotations
 
 import codecs
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from xinslm.chat_template import is_learned
 from xinslm.errors import XinslmError
 
 ROLES = ("system", "user", "assistant")
+MESSAGE_FIELDS = ("role", "content", "name", "weight")
 
-Conversation = list[dict[str, str]]
+# A message: role and content (strings), and "weight" (0 or 1) where the record gave one.
+Conversation = list[dict]
+
+# A JSON escape of a surrogate: only a line holding one can parse to a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+# Fields of OpenAI's format that no rendering of ours could keep: refused, naming them.
+CANNOT_RENDER = (
+    "cannot be rendered by this chat template (its one tool is the calculator, written "
+    "<<expr=result>> in an assistant's content)"
+)
+REFUSED_RECORD_FIELDS = {
+    "tools": f"tool definitions {CANNOT_RENDER}",
+    "functions": f"tool definitions {CANNOT_RENDER}",
+    "system": "put the system prompt in messages[0], with role 'system'",
+}
+REFUSED_MESSAGE_FIELDS = {
+    "tool_calls": f"tool calls {CANNOT_RENDER}",
+    "function_call": f"tool calls {CANNOT_RENDER}",
+}
 
 
 def validate_record(record: object) -> Conversation:
     """Return the record's messages, or raise ValueError saying what is wrong with it.
 
     Rules: a JSON object with `messages`, a non-empty list of {role, content}; role is one of
-    system/user/assistant; content is a string; system may only come first; after it, user and
-    assistant alternate starting with user; at least one assistant message.
-    """
+    system/user/assistant; content is a string, or a list of text parts (joined); system may
+    only come first; after it, user and assistant alternate starting with user; at least one
+    assistant message, and one that is learned (weight 1). Each message comes back as
+    {role, content}, with its weight where it had one (its name is dropped)."""
+    conversation: Conversation = []
+    for i, message in enumerate(_messages(record)):
+        previous = conversation[-1]["role"] if conversation else None
+        conversation.append(_check_message(message, i, previous))
+    answers = [m for m in conversation if m["role"] == "assistant"]
+    if not answers:
+        raise ValueError("no assistant message: nothing to learn")
+    if not any(is_learned(m) for m in answers):
+        raise ValueError("every assistant message has weight 0: nothing to learn")
+    return conversation
+
+
+def _messages(record: object) -> list:
+    """The record's `messages` list, once the record's own fields are checked."""
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
     if "messages" not in record:
         raise ValueError("missing field 'messages'")
+    for field, why in REFUSED_RECORD_FIELDS.items():
+        if field in record:
+            raise ValueError(f"field '{field}': {why}")
     messages = record["messages"]
     if not isinstance(messages, list) or not messages:
         raise ValueError("field 'messages' must be a non-empty list")
-    previous = None
-    for i, message in enumerate(messages):
-        previous = _check_message(message, i, previous)
-    if not any(m["role"] == "assistant" for m in messages):
-        raise ValueError("no assistant message: nothing to learn")
     return messages
 
 
-def _check_message(m: object, i: int, previous: str | None) -> str:
-    """Check messages[i], which follows a message of role `previous`; return its role."""
+def _check_message(m: object, i: int, previous: str | None) -> dict:
+    """Check messages[i], which follows a message of role `previous`; return it as
+    {role, content} (and weight, where given)."""
     where = f"messages[{i}]"
     if not isinstance(m, dict):
         raise ValueError(f"{where} must be an object with 'role' and 'content'")
-    extra = set(m) - {"role", "content"}
+    for field, why in REFUSED_MESSAGE_FIELDS.items():
+        if field in m:
+            raise ValueError(f"{where}.{field}: {why}")
+    role = _role(m.get("role"), i, previous, where)
+    extra = set(m) - set(MESSAGE_FIELDS)
     if extra:
         raise ValueError(f"{where} has unknown field '{sorted(extra)[0]}'")
-    role, content = m.get("role"), m.get("content")
+    message = {"role": role, "content": _content(m.get("content"), where)}
+    if "weight" in m:
+        message["weight"] = _weight(m["weight"], role, where)
+    return message
+
+
+def _role(role: object, i: int, previous: str | None, where: str) -> str:
+    if role in ("tool", "function"):
+        raise ValueError(f"{where}.role: '{role}' messages (tool results) {CANNOT_RENDER}")
     if role not in ROLES:
         raise ValueError(f"{where}.role: {role!r} is not one of system, user, assistant")
-    if not isinstance(content, str):
-        raise ValueError(f"{where}.content must be a string, got {type(content).__name__}")
     if role == "system" and i != 0:
         raise ValueError(f"{where}.role: a system message may only come first")
     expected = "user" if previous in (None, "system", "assistant") else "assistant"
@@ -62,26 +121,110 @@ def _check_message(m: object, i: int, previous: str | None) -> str:
     return role
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
+def _weight(weight: object, role: str, where: str) -> int:
+    """OpenAI's fine-tuning weight of an assistant message: 1 learned, 0 not."""
+    if role != "assistant":
+        raise ValueError(f"{where}.weight: only an assistant message has a weight")
+    if type(weight) is not int or weight not in (0, 1):
+        raise ValueError(
+            f"{where}.weight: must be 0 (not learned) or 1 (learned), got {json.dumps(weight)[:40]}"
+        )
+    return weight
+
+
+def _content(content: object, where: str) -> str:
+    """A message's content: a string, or OpenAI's list of parts, each {"type": "text",
+    "text": str}, joined."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise ValueError(
+            f"{where}.content must be a string or a list of text parts, "
+            f"got {type(content).__name__}"
+        )
+    texts = []
+    for j, part in enumerate(content):
+        at = f"{where}.content[{j}]"
+        if not isinstance(part, dict):
+            raise ValueError(f"{at} must be an object with 'type' and 'text'")
+        kind = part.get("type")
+        if kind != "text":
+            raise ValueError(
+                f"{at}.type: {json.dumps(kind)[:40]} parts cannot be rendered (only 'text' parts)"
+            )
+        extra = set(part) - {"type", "text"}
+        if extra:
+            raise ValueError(f"{at} has unknown field '{sorted(extra)[0]}'")
+        if not isinstance(part.get("text"), str):
+            raise ValueError(f"{at}.text must be a string, got {type(part.get('text')).__name__}")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def read_jsonl(path: str | Path, utf8_errors: str = "strict") -> Iterator[tuple[int, object]]:
     """Yield (line number, parsed JSON or BadLine) for each non-blank line.
 
     Each line is decoded on its own, so a bad byte is reported on its own line and the lines
-    around it still parse. A UTF-8 BOM and CRLF line endings are accepted."""
+    around it still parse. A UTF-8 BOM and CRLF line endings are accepted. Bytes that are not
+    UTF-8, and strings holding a lone surrogate (an escape such as "\\ud800"), are a BadLine
+    naming where with utf8_errors 'strict', and read as U+FFFD with 'replace'."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8) :]
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8", errors=utf8_errors)
             except UnicodeDecodeError as e:
-                yield lineno, BadLine(f"not valid UTF-8 ({e.reason} at column {e.start + 1})")
+                yield (
+                    lineno,
+                    BadLine(
+                        f"not valid UTF-8 ({e.reason} at column {e.start + 1}); set "
+                        "chat.utf8_errors: replace to read bad bytes as U+FFFD"
+                    ),
+                )
                 continue
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line.rstrip("\r\n"))
+                record = json.loads(line.rstrip("\r\n"))
+                if _SURROGATE_ESCAPE.search(line):
+                    record = _valid_unicode(record, "", utf8_errors)
             except json.JSONDecodeError as e:
                 yield lineno, BadLine(f"malformed JSON: {e.msg} at column {e.colno}")
+                continue
+            except ValueError as e:
+                yield lineno, BadLine(str(e))
+                continue
+            yield lineno, record
+
+
+def _valid_unicode(value: object, where: str, errors: str) -> object:
+    """`value` (parsed JSON at `where`, a path such as messages[0].content) with the lone
+    surrogates of its strings and field names read as U+FFFD (errors 'replace'), or the first
+    one refused naming where it is ('strict': ValueError)."""
+    if isinstance(value, str):
+        return _valid_string(value, where or "the line", errors)
+    if isinstance(value, list):
+        return [_valid_unicode(v, f"{where}[{i}]", errors) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for key, v in value.items():
+            key = _valid_string(key, f"{where or 'the record'}: field name {ascii(key)}", errors)
+            out[key] = _valid_unicode(v, f"{where}.{key}" if where else key, errors)
+        return out
+    return value
+
+
+def _valid_string(text: str, where: str, errors: str) -> str:
+    bad = _SURROGATE.search(text)
+    if bad is None:
+        return text
+    if errors == "replace":
+        return _SURROGATE.sub("\ufffd", text)
+    raise ValueError(
+        f"{where}: lone surrogate \\u{ord(bad[0]):04x} (character {bad.start() + 1}) is not "
+        "valid Unicode; set chat.utf8_errors: replace to read it as U+FFFD"
+    )
 
 
 class BadLine:
@@ -92,9 +235,9 @@ class BadLine:
 
 
 def load_conversations(
-    path: str | Path, on_error: str = "fail"
+    path: str | Path, on_error: str = "fail", utf8_errors: str = "strict"
 ) -> tuple[list[Conversation], list[str]]:
-    """Read and validate a chat JSONL file.
+    """Read and validate a chat JSONL file (utf8_errors as read_jsonl).
 
     Returns the valid conversations and, with on_error='skip', one 'file:line: problem' string
     per skipped record. With on_error='fail' the first bad record raises XinslmError naming
@@ -104,7 +247,7 @@ def load_conversations(
     if not path.is_file():
         raise XinslmError(f"{path}: chat file not found (set chat.input in params.yaml)")
     conversations, skipped = [], []
-    for lineno, record in read_jsonl(path):
+    for lineno, record in read_jsonl(path, utf8_errors):
         try:
             if isinstance(record, BadLine):
                 raise ValueError(record.problem)

@@ -6,7 +6,8 @@ A conversation renders as
 
 Role markers, BOS and end-of-turn are special tokens, which `Tokenizer.encode()` never yields,
 so no content can forge them. The model learns exactly each assistant message's own tokens
-and the <|end|> that closes it (so it learns when to stop); everything else is context.
+and the <|end|> that closes it (so it learns when to stop); everything else is context, as is
+an assistant message of weight 0 (OpenAI's fine-tuning weight; see chat_records.py).
 
 Calculator calls: with `tool_calls` on, an assistant's `<<expr=result>>` annotation (GSM8K's
 way of marking its arithmetic) renders as
@@ -38,6 +39,11 @@ TOOL_TEXT = {
 }
 
 
+def is_learned(message: dict) -> bool:
+    """Does the model learn this message? An assistant's, unless its weight is 0."""
+    return message["role"] == "assistant" and message.get("weight", 1) == 1
+
+
 def render_conversation(
     conversation: Conversation, tokenizer: Tokenizer, tool_calls: bool = True
 ) -> tuple[list, list]:
@@ -45,15 +51,16 @@ def render_conversation(
     newline = tokenizer.encode("\n")
     ids, learned = [tokenizer.bos_id], [0]
     for m in conversation:
-        is_assistant = m["role"] == "assistant"
-        if is_assistant and tool_calls:
+        learns = is_learned(m)
+        if m["role"] == "assistant" and tool_calls:
             content, content_learned = render_tool_calls(m["content"], tokenizer)
+            content_learned = [flag * learns for flag in content_learned]
         else:
             content = tokenizer.encode(m["content"])
-            content_learned = [int(is_assistant)] * len(content)
+            content_learned = [int(learns)] * len(content)
         head = [tokenizer.special[f"<|{m['role']}|>"], *newline]
         ids += head + content + [tokenizer.end_id] + newline
-        learned += [0] * len(head) + content_learned + [int(is_assistant)] + [0] * len(newline)
+        learned += [0] * len(head) + content_learned + [int(learns)] + [0] * len(newline)
     return ids, learned
 
 
@@ -81,8 +88,9 @@ def fit_conversation(
     conversation: Conversation, tokenizer: Tokenizer, max_tokens: int, tool_calls: bool = True
 ) -> tuple[list, list] | None:
     """Render the longest prefix of whole turns, ending on an assistant message, that fits
-    `max_tokens`; None when not even the first exchange fits."""
-    ends = [i for i, m in enumerate(conversation) if m["role"] == "assistant"]
+    `max_tokens`; None when not even the first exchange fits. The prefix ends on a learned
+    message (an assistant's of weight 1): an unlearned one after it would teach nothing."""
+    ends = [i for i, m in enumerate(conversation) if is_learned(m)]
     for end in reversed(ends):
         ids, learned = render_conversation(conversation[: end + 1], tokenizer, tool_calls)
         if len(ids) <= max_tokens:

@@ -104,6 +104,7 @@ class ChatParams:
     input: str
     val_input: str
     on_error: Literal["fail", "skip"]
+    utf8_errors: Literal["strict", "replace"]
     overlong: Literal["truncate", "drop"]
     tool_calls: bool
     decontaminate: list[str]

@@ -82,14 +82,15 @@ def seen_questions(hashes: np.ndarray, questions: list[str]) -> list[bool]:
     return [not known.isdisjoint(fingerprints(q)) for q in questions]
 
 
-def task_questions(path: str | Path) -> list[str]:
+def task_questions(path: str | Path, utf8_errors: str = "strict") -> list[str]:
     """The questions of a task file of either kind: each record's `question`, or the last
-    user message of its `messages`. A bad line is an error naming it."""
+    user message of its `messages`. A bad line is an error naming it (utf8_errors: as
+    chat_records.read_jsonl)."""
     path = Path(path)
     if not path.is_file():
         raise XinslmError(f"{path}: task file not found (chat.decontaminate)")
     questions = []
-    for lineno, record in read_jsonl(path):
+    for lineno, record in read_jsonl(path, utf8_errors):
         question = None
         if isinstance(record, dict) and isinstance(record.get("question"), str):
             question = record["question"]

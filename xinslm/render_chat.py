@@ -39,12 +39,12 @@ def render_chat(
     truncate) or dropped (drop). The counts, and every skipped record, go into meta.json."""
     splits, skipped = {}, []
     for split, path in (("train", chat.input), ("val", chat.val_input)):
-        splits[split], bad = load_conversations(path, chat.on_error)
+        splits[split], bad = load_conversations(path, chat.on_error, chat.utf8_errors)
         skipped += bad
     # Each training conversation is fingerprinted once: for decontamination and for the table
     # evaluate-task checks its questions against.
     prints = [conversation_fingerprints(c) for c in splits["train"]]
-    keep, decontaminated = _decontaminate(prints, chat.decontaminate)
+    keep, decontaminated = _decontaminate(prints, chat.decontaminate, chat.utf8_errors)
     splits["train"] = [c for c, k in zip(splits["train"], keep, strict=True) if k]
     prints = [p for p, k in zip(prints, keep, strict=True) if k]
     counts = {"truncated": 0, "dropped": 0}
@@ -80,14 +80,16 @@ def render_chat(
     return meta
 
 
-def _decontaminate(prints: list[set[int]], task_files: list[str]) -> tuple[list[bool], dict]:
+def _decontaminate(
+    prints: list[set[int]], task_files: list[str], utf8_errors: str
+) -> tuple[list[bool], dict]:
     """Which conversations (by their fingerprints) hold no question of the task files, and
     how many each file dropped (a conversation counts for the first file it matches)."""
     hashes, owners = fingerprint_table(prints)
     dropped: set[int] = set()
     report = {}
     for path in task_files:
-        questions = task_questions(path)
+        questions = task_questions(path, utf8_errors)
         new = set(matching_conversations(hashes, owners, questions).tolist()) - dropped
         dropped |= new
         report[str(path)] = {"questions": len(questions), "dropped": len(new)}

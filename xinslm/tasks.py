@@ -53,14 +53,15 @@ class ChoiceItem:
     answer: int
 
 
-def load_items(path: str | Path, kind: str, limit: int = 0) -> list:
-    """The first `limit` items (0: all) of a task file; a bad line is an error naming it."""
+def load_items(path: str | Path, kind: str, limit: int = 0, utf8_errors: str = "strict") -> list:
+    """The first `limit` items (0: all) of a task file; a bad line is an error naming it
+    (utf8_errors, chat.utf8_errors: as chat_records.read_jsonl)."""
     path = Path(path)
     if not path.is_file():
         raise XinslmError(f"{path}: task file not found (eval.tasks)")
     parse = _answer_item if kind == "answer" else _choice_item
     items = []
-    for lineno, record in read_jsonl(path):
+    for lineno, record in read_jsonl(path, utf8_errors):
         if limit and len(items) == limit:
             break
         try:
