@@ -19,6 +19,10 @@ them), over a peak of 989 TFLOP/s bf16 (H100/H200 SXM, dense). Needs only torch 
 pyyaml for the library's imports): no dvc.
 --fp8 trains the blocks' linear layers and the head in float8 through torchao (optional);
 --profile FILE writes the CUDA kernels of three steps of the first configuration, by time.
+Levers measured here only (issue 17), not the product's path: --ns-steps N runs Muon's
+Newton-Schulz N times instead of 5; --liger computes the head and its cross-entropy with
+liger-kernel's fused linear cross-entropy (chunks of the logits, softcap inside; optional
+package), the rest of the model compiled as usual.
 """
 
 from __future__ import annotations
@@ -64,8 +68,14 @@ def measure(args: argparse.Namespace, depth: int, vocab: int, optimizer: str) ->
     model = NanoChatModel(config).to(device)
     if args.fp8:
         to_float8(model, args.fp8_recipe)
+    if args.liger:
+        use_liger_loss(model)
     params = step_params(optimizer, 1e-3, args.compile)
     train_step = TrainStep(model, params, device, args.compile_mode)
+    for opt in train_step.optimizers:
+        for group in opt.param_groups:
+            if "ns_steps" in group:
+                group["ns_steps"] = args.ns_steps
     x = torch.randint(0, vocab, (args.batch, args.ctx), device=device)
     y = torch.randint(0, vocab, (args.batch, args.ctx), device=device)
 
@@ -103,6 +113,24 @@ def measure(args: argparse.Namespace, depth: int, vocab: int, optimizer: str) ->
     }
 
 
+def use_liger_loss(model: NanoChatModel) -> None:
+    """Replace the model's head + softcap + cross-entropy with liger-kernel's fused linear
+    cross-entropy, outside the compiled graph (its Triton kernels run eagerly)."""
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    fused = LigerFusedLinearCrossEntropyLoss(softcap=model.config.logit_softcap)
+    fused_loss = torch.compiler.disable(fused)
+    plain = model.forward
+
+    def forward(input_ids, targets=None, cache=None):
+        if targets is None:
+            return plain(input_ids, targets, cache)
+        h = model.hidden_states(input_ids)
+        return None, fused_loss(model.lm_head.weight, h.view(-1, h.size(-1)), targets.view(-1))
+
+    model.forward = forward
+
+
 def write_profile(step, path: str) -> None:
     from torch.profiler import ProfilerActivity, profile
 
@@ -136,6 +164,8 @@ def main() -> None:
     parser.add_argument("--fp8", action="store_true", help="float8 linear layers (torchao)")
     parser.add_argument("--fp8-recipe", default="tensorwise", help="tensorwise or rowwise")
     parser.add_argument("--profile", help="write the kernels of 3 steps to this file")
+    parser.add_argument("--ns-steps", type=int, default=5, help="Muon's Newton-Schulz steps")
+    parser.add_argument("--liger", action="store_true", help="liger-kernel's fused head + loss")
     args = parser.parse_args()
     args.profiled = False
     world = distributed.launch(args.nproc, "throughput")  # only rank 0 prints from here on
@@ -143,7 +173,8 @@ def main() -> None:
     print(f"device: {world.size} x {name}, torch {torch.__version__}, ", end="")
     print(f"batch {args.batch} x ctx {args.ctx} per process,")
     mode = f" ({args.compile_mode})" if args.compile and args.compile_mode else ""
-    print(f"compile {args.compile}{mode}, median of {args.steps} steps")
+    levers = f", Newton-Schulz x{args.ns_steps}" + (", liger loss" if args.liger else "")
+    print(f"compile {args.compile}{mode}, median of {args.steps} steps{levers}")
     print(
         f"{'gpus':>4} {'depth':>5} {'vocab':>6} {'optimizer':>9} {'params':>8} {'ms/step':>8} "
         f"{'tokens/s':>10} {'MFU':>6} {'warmup s':>9} {'mem GB':>7}"
