@@ -155,6 +155,12 @@ BAD_PARAMS = [
     ({"eval": {"tasks": [TASK, TASK]}}, "eval.tasks: two tasks are named 't'"),
     ({"eval": {"tasks": {"t": TASK}}}, "eval.tasks: expected a list of mappings"),
     ({"eval": {"tasks": ["t"]}}, "'eval.tasks[0]' must be a mapping of keys to values"),
+    # eval's sampling settings: the one check every Sampling runs (test_sampling), named here
+    # by key; only that check bounds the seed.
+    ({"eval": {"temperature": -1}}, "eval.temperature: must be a number from 0 to 2 (0: greedy)"),
+    ({"eval": {"top_p": 7}}, "eval.top_p: must be a number above 0 and at most 1, got 7"),
+    ({"eval": {"max_new_tokens": 0}}, "eval.max_new_tokens: must be an integer >= 1, got 0"),
+    ({"eval": {"seed": 2**64}}, "eval.seed: must be an integer from -2**63 to 2**63-1, got 1844"),
 ]
 
 

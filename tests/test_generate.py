@@ -145,7 +145,7 @@ def test_empty_prompt_is_refused():
 
 def test_max_new_tokens_is_honoured():
     model = context_model()
-    with pytest.raises(XinslmError, match="max_new_tokens must be at least 1, got 0"):
+    with pytest.raises(XinslmError, match="max_new_tokens: must be an integer >= 1, got 0"):
         greedy(model, n=0)
     assert len(greedy(model, n=7)) == 7
     assert greedy(model, n=7) == greedy(model, n=40)[:7]

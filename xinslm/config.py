@@ -234,13 +234,43 @@ class EvalParams:
             twice = next(n for n in names if names.count(n) > 1)
             raise ValueError(f"tasks: two tasks are named '{twice}'")
         _positive("batch_size", self.batch_size)
-        _positive("max_new_tokens", self.max_new_tokens)
-        _positive("top_k", self.top_k)
-        if not 0 <= self.temperature < math.inf:
-            raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+        check_sampling(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed)
         _check_device(self.device)
+
+
+class SamplingError(XinslmError, ValueError):
+    """A sampling setting out of bounds: `setting` names it, `problem` says what it must be.
+    Each caller names the setting its own way (`--top-p`, `eval.top_p`, the API's `top_p`)."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting, self.problem = setting, problem
+
+
+def check_sampling(
+    max_new_tokens: object, temperature: object, top_k: object, top_p: object, seed: object
+) -> None:
+    """The one check of sampling settings: `Sampling` (sampling.py: the CLI, the server, the
+    engine) and `eval` here both call it. It lives here so that reading params.yaml needs
+    neither torch nor sampling.py. Raises SamplingError for the first setting out of bounds."""
+
+    def integer(x: object) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    def number(x: object) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool)
+
+    n, t, k, p, s = max_new_tokens, temperature, top_k, top_p, seed
+    rules = [  # (setting, value, within bounds, the bounds); NaN fails every comparison
+        ("max_new_tokens", n, integer(n) and n >= 1, "an integer >= 1"),
+        ("temperature", t, number(t) and 0 <= t <= 2, "a number from 0 to 2 (0: greedy)"),
+        ("top_k", k, k is None or integer(k) and k >= 1, "an integer >= 1"),
+        ("top_p", p, p is None or number(p) and 0 < p <= 1, "a number above 0 and at most 1"),
+        ("seed", s, integer(s) and -(2**63) <= s < 2**63, "an integer from -2**63 to 2**63-1"),
+    ]
+    for name, value, ok, bounds in rules:
+        if not ok:
+            raise SamplingError(name, f"must be {bounds}, got {value!r}")
 
 
 SECTIONS: dict[str, type] = {

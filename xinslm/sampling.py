@@ -16,14 +16,15 @@ from typing import NamedTuple
 
 import torch
 
-from xinslm.errors import XinslmError
+from xinslm.config import check_sampling
 
 
 @dataclass(frozen=True)
 class Sampling:
     """How the next tokens are picked: at most max_new_tokens of them, each sampled at
     `temperature` (0: the likeliest, greedy) among the top_k likeliest and the fewest whose
-    probabilities sum to top_p (None: no such cut), with randomness from `seed`."""
+    probabilities sum to top_p (None: no such cut), with randomness from `seed`. Settings out
+    of bounds raise SamplingError (an XinslmError naming the setting)."""
 
     max_new_tokens: int = 200
     temperature: float = 0.8
@@ -32,22 +33,9 @@ class Sampling:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        checks = {
-            "max_new_tokens": self.max_new_tokens >= 1,
-            "temperature": 0 <= self.temperature <= 100,
-            "top_k": self.top_k is None or self.top_k >= 1,
-            "top_p": self.top_p is None or 0 < self.top_p <= 1,
-        }
-        wants = {
-            "max_new_tokens": "at least 1",
-            "temperature": "between 0 and 100",
-            "top_k": "at least 1",
-            "top_p": "above 0 and at most 1",
-        }
-        for name, ok in checks.items():
-            if not ok:
-                value = getattr(self, name)
-                raise XinslmError(f"{name} must be {wants[name]}, got {value!r}")
+        # The one check of these settings (config.check_sampling): SamplingError names the
+        # setting, for each caller to report its own way.
+        check_sampling(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed)
 
 
 def sample_next(
