@@ -24,7 +24,7 @@ from xinslm import cli, serve
 from xinslm.chat_template import render_prompt
 from xinslm.checkpoint import load_checkpoint, model_from_checkpoint
 from xinslm.engine import Engine
-from xinslm.reply_text import ReplyText
+from xinslm.reply_text import ReplyText, shown_text
 from xinslm.sampling import Sampling
 from xinslm.tokenizer import ByteTokenizer
 
@@ -53,9 +53,10 @@ def reference(chat_checkpoint):
     engine = Engine(model_from_checkpoint(load_checkpoint(chat_checkpoint)), max_batch=1)
 
     @functools.cache
-    def generate(prompt: tuple[int, ...], sampling: Sampling, stop_id: int) -> tuple[str, int]:
-        tokens = list(engine.generate(list(prompt), sampling, {stop_id}))
-        return BYTE.decode(tokens), len(tokens)
+    def generate(prompt: tuple[int, ...], sampling: Sampling, stop_id: int) -> tuple[str, tuple]:
+        """The text a user sees (shown_text: no special tokens) and the tokens."""
+        tokens = tuple(engine.generate(list(prompt), sampling, {stop_id}))
+        return shown_text(BYTE, list(tokens)), tokens
 
     return generate
 
@@ -221,7 +222,9 @@ def test_the_stream_is_server_sent_events_as_openai_sends_them(server) -> None:
 
 def test_completions_continue_the_text(client, reference) -> None:
     prompt = (BYTE.bos_id, *BYTE.encode("Once"))
-    want, _ = reference(prompt, greedy(40), BYTE.bos_id)
+    want, tokens = reference(prompt, greedy(40), BYTE.bos_id)
+    # The model emits an <|end|> here: the server leaves it out of the text, as vLLM does.
+    assert BYTE.end_id in tokens and "<|end|>" not in want
     reply = client.completions.create(model="chat", prompt="Once", max_tokens=40, temperature=0)
     assert reply.id.startswith("cmpl-") and reply.object == "text_completion"
     assert reply.choices[0].text == want and reply.choices[0].finish_reason == "length"
@@ -423,7 +426,7 @@ BAD_REQUESTS = {
         {"messages": USER, "max_tokens": 0},
         400,
         error(
-            "Invalid 'max_tokens': Input should be greater than or equal to 1 (got 0).",
+            "Invalid 'max_tokens': must be an integer >= 1, got 0.",
             "max_tokens",
             "invalid_value",
         ),
@@ -453,7 +456,7 @@ BAD_REQUESTS = {
         {"messages": USER, "temperature": 2.5},
         400,
         error(
-            "Invalid 'temperature': Input should be less than or equal to 2 (got 2.5).",
+            "Invalid 'temperature': must be a number from 0 to 2 (0: greedy), got 2.5.",
             "temperature",
             "invalid_value",
         ),
@@ -462,15 +465,136 @@ BAD_REQUESTS = {
         CHAT,
         {"messages": USER, "top_p": 0},
         400,
-        error("Invalid 'top_p': Input should be greater than 0 (got 0).", "top_p", "invalid_value"),
+        error(
+            "Invalid 'top_p': must be a number above 0 and at most 1, got 0.0.",
+            "top_p",
+            "invalid_value",
+        ),
     ),
     "top_p over 1": (
         "/v1/completions",
         {"prompt": "a", "top_p": 1.5},
         400,
         error(
-            "Invalid 'top_p': Input should be less than or equal to 1 (got 1.5).",
+            "Invalid 'top_p': must be a number above 0 and at most 1, got 1.5.",
             "top_p",
+            "invalid_value",
+        ),
+    ),
+    # Sampling's bounds, the one check every caller makes (test_sampling), named by field.
+    "temperature -1": (
+        CHAT,
+        {"messages": USER, "temperature": -1},
+        400,
+        error(
+            "Invalid 'temperature': must be a number from 0 to 2 (0: greedy), got -1.0.",
+            "temperature",
+            "invalid_value",
+        ),
+    ),
+    "top_k 0": (
+        "/v1/completions",
+        {"prompt": "a", "top_k": 0},
+        400,
+        error("Invalid 'top_k': must be an integer >= 1, got 0.", "top_k", "invalid_value"),
+    ),
+    "max_completion_tokens 0": (
+        CHAT,
+        {"messages": USER, "max_tokens": 5, "max_completion_tokens": 0},
+        400,
+        error(
+            "Invalid 'max_completion_tokens': must be an integer >= 1, got 0.",
+            "max_completion_tokens",
+            "invalid_value",
+        ),
+    ),
+    "seed past 64 bits": (
+        CHAT,
+        {"messages": USER, "seed": 2**63},
+        400,
+        error(
+            f"Invalid 'seed': must be an integer from -2**63 to 2**63-1, got {2**63}.",
+            "seed",
+            "invalid_value",
+        ),
+    ),
+    # Numbers are typed strictly: no string or boolean read as one.
+    "seed a string": (
+        CHAT,
+        {"messages": USER, "seed": "7"},
+        400,
+        error(
+            "Invalid 'seed': Input should be a valid integer (got '7').", "seed", "invalid_value"
+        ),
+    ),
+    "temperature true": (
+        CHAT,
+        {"messages": USER, "temperature": True},
+        400,
+        error(
+            "Invalid 'temperature': Input should be a valid number (got True).",
+            "temperature",
+            "invalid_value",
+        ),
+    ),
+    # A lone surrogate escape ("\\ud800"): valid JSON, not text.
+    "lone surrogate in content": (
+        CHAT,
+        {"messages": [{"role": "user", "content": "caf\ud800"}]},
+        400,
+        error(
+            "Invalid 'messages.0.content': lone surrogate \\ud800 (character 4) is not valid "
+            "Unicode (got 'caf\\ud800').",
+            "messages.0.content",
+            "invalid_value",
+        ),
+    ),
+    "lone surrogate in a text part, long": (
+        CHAT,
+        {
+            "messages": [
+                *USER,
+                {"role": "user", "content": [{"type": "text", "text": "x" * 99 + "\udc80"}]},
+            ]
+        },
+        400,
+        error(
+            "Invalid 'messages.1.content': lone surrogate \\udc80 (character 100) is not valid "
+            "Unicode.",  # a long input is not echoed
+            "messages.1.content",
+            "invalid_value",
+        ),
+    ),
+    "lone surrogate in a text prompt": (
+        "/v1/completions",
+        {"prompt": "\udfff"},
+        400,
+        error(
+            "Invalid 'prompt': lone surrogate \\udfff (character 1) is not valid Unicode "
+            "(got '\\udfff').",
+            "prompt",
+            "invalid_value",
+        ),
+    ),
+    "lone surrogate in stop": (
+        CHAT,
+        {"messages": USER, "stop": ["ok", "\ud800"]},
+        400,
+        error(
+            "Invalid 'stop.1': lone surrogate \\ud800 (character 1) is not valid Unicode "
+            "(got '\\ud800').",
+            "stop.1",
+            "invalid_value",
+        ),
+    ),
+    "lone surrogate in model": (
+        CHAT,
+        {"messages": USER, "model": "chat\ud800"},
+        400,
+        error(
+            "Invalid 'model': lone surrogate \\ud800 (character 5) is not valid Unicode "
+            "(got 'chat\\ud800').",
+            "model",
             "invalid_value",
         ),
     ),

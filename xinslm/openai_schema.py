@@ -2,14 +2,16 @@
 field and names the wrong one), the response and stream-chunk objects, and the error JSON.
 
 Fields of OpenAI's API that a small text-only model has no use for (logprobs, tools,
-penalties, ...) are accepted and ignored, as vLLM does; `top_k` is vLLM's extension.
+penalties, ...) are accepted and ignored, as vLLM does; `top_k` is vLLM's extension. The
+sampling fields are typed strictly here (no "0.5" or true for a number) and their bounds are
+checked where every caller checks them, by `Sampling` (serve.py turns its error into a 400).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, field_validator
 
 # --- requests --------------------------------------------------------------------------
 
@@ -30,9 +32,24 @@ def _as_list(value: object) -> object:
     return [value] if isinstance(value, str) else value
 
 
+def _unicode(text: str) -> str:
+    """JSON may escape a lone surrogate ("\\ud800"): valid JSON, not text (no UTF-8 for it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code, where = ord(text[e.start]), e.start + 1
+        problem = f"lone surrogate \\u{code:04x} (character {where}) is not valid Unicode"
+        raise ValueError(problem) from None
+    return text
+
+
+# A string from the request that the model reads or the server echoes: valid Unicode.
+Text = Annotated[str, AfterValidator(_unicode)]
+
+
 class Message(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[str, BeforeValidator(_text_of_parts)]
+    content: Annotated[Text, BeforeValidator(_text_of_parts)]
 
     def for_template(self) -> dict[str, str]:
         # "developer" is OpenAI's newer name for the system role.
@@ -47,16 +64,16 @@ class StreamOptions(BaseModel):
 class GenerationRequest(BaseModel):
     """The fields both endpoints share. Null means the default, as in OpenAI's API."""
 
-    model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)  # None: the rest of the context
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1)
+    model: Text | None = None
+    max_tokens: int | None = Field(None, strict=True)  # None: the rest of the context
+    temperature: float | None = Field(None, strict=True)
+    top_p: float | None = Field(None, strict=True)
+    top_k: int | None = Field(None, strict=True)
     stop: Annotated[
-        Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=4)] | None,
+        Annotated[list[Annotated[Text, Field(min_length=1)]], Field(max_length=4)] | None,
         BeforeValidator(_as_list),
     ] = None
-    seed: int | None = Field(None, ge=-(2**63), lt=2**63)  # None: a random one
+    seed: int | None = Field(None, strict=True)  # None: a random one
     n: int | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
@@ -78,7 +95,7 @@ class GenerationRequest(BaseModel):
 
 class ChatRequest(GenerationRequest):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer max_tokens
+    max_completion_tokens: int | None = Field(None, strict=True)  # OpenAI's newer max_tokens
 
     def wanted_tokens(self) -> tuple[str, int | None]:
         if self.max_completion_tokens is not None:
@@ -87,7 +104,7 @@ class ChatRequest(GenerationRequest):
 
 
 class CompletionRequest(GenerationRequest):
-    prompt: str
+    prompt: Text
 
 
 # --- responses -------------------------------------------------------------------------
@@ -155,6 +172,7 @@ def validation_message(error: dict) -> tuple[str, str | None, str | None]:
     if error["type"] == "missing":
         return f"Missing required parameter: '{param}'.", param, "missing_required_parameter"
     message = error["msg"].removeprefix("Value error, ")
-    if isinstance(error.get("input"), (str, int, float, bool)):
-        message += f" (got {error['input']!r})"
+    shown = repr(error.get("input"))  # repr: a lone surrogate shows as its escape
+    if isinstance(error.get("input"), (str, int, float, bool)) and len(shown) <= 100:
+        message += f" (got {shown})"
     return f"Invalid '{param}': {message}.", param, "invalid_value"

@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from xinslm.chat_template import render_prompt
 from xinslm.checkpoint import load_checkpoint, model_from_checkpoint
+from xinslm.config import SamplingError
 from xinslm.device import pick_device
 from xinslm.engine import Engine
 from xinslm.engine_worker import EngineFailed, EngineWorker, Job
@@ -120,7 +121,8 @@ class ModelService:
             raise ApiError(404, message, param="model", code="model_not_found")
 
     def sampling(self, body: GenerationRequest, prompt_len: int, prompt_param: str) -> Sampling:
-        """The request's sampling settings; a 400 if the prompt or max_tokens does not fit."""
+        """The request's sampling settings; a 400 if the prompt or max_tokens does not fit, or
+        a setting is out of Sampling's bounds (naming the request's field)."""
         context = self.context_len
         if prompt_len >= context:
             message = (
@@ -136,13 +138,19 @@ class ModelService:
                 f"most {room} in this model's context of {context} tokens."
             )
             raise ApiError(400, message, param=name)
-        return Sampling(
-            max_new_tokens=wanted or room,
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_k=body.top_k,
-            top_p=body.top_p,
-            seed=secrets.randbits(63) if body.seed is None else body.seed,
-        )
+        try:
+            return Sampling(
+                max_new_tokens=room if wanted is None else wanted,
+                temperature=1.0 if body.temperature is None else body.temperature,
+                top_k=body.top_k,
+                top_p=body.top_p,
+                seed=secrets.randbits(63) if body.seed is None else body.seed,
+            )
+        except SamplingError as e:
+            param = name if e.setting == "max_new_tokens" else e.setting
+            raise ApiError(
+                400, f"Invalid '{param}': {e.problem}.", param, "invalid_value"
+            ) from None
 
 
 # --- generating a response -------------------------------------------------------------
