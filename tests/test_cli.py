@@ -4,12 +4,15 @@ text continuation on the document it learned too."""
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
 from conftest import conversation_example, save_model_checkpoint, tiny_config, train_on
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from xinslm import cli
 from xinslm.chat_template import render_conversation, render_prompt
@@ -146,3 +149,152 @@ def test_help_lists_the_commands(capsys) -> None:
         cli.main(["train"])
     assert e.value.code == 2
     assert "invalid choice: 'train'" in capsys.readouterr().err
+
+
+# --- bad settings and text that is not UTF-8: one line and exit 2 ---------------------------
+
+TEMPERATURE = "--temperature: must be a number from 0 to 2 (0: greedy), got"
+TOP_P = "--top-p: must be a number above 0 and at most 1, got"
+SEED = "--seed: must be an integer from -2**63 to 2**63-1, got"
+BAD_SETTINGS = [
+    (["chat", "-p", "hi", "--temperature", "-1"], f"{TEMPERATURE} -1.0"),
+    (["chat", "-p", "hi", "--top-p", "7"], f"{TOP_P} 7.0"),
+    (["chat", "--temperature", "nan"], f"{TEMPERATURE} nan"),
+    (["sample", "--top-k", "0"], "--top-k: must be an integer >= 1, got 0"),
+    (["sample", "--max-new-tokens", "0"], "--max-new-tokens: must be an integer >= 1, got 0"),
+    (["sample", "--seed", str(2**63)], f"{SEED} {2**63}"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_SETTINGS, ids=str)
+def test_a_bad_sampling_setting_is_a_usage_error(args, message, tmp_path, monkeypatch, capsys):
+    # Refused by the one check (test_sampling) before the checkpoint loads: a missing one
+    # would be exit 1, "checkpoint not found".
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        cli.main([*args, "--checkpoint", "missing.pt"])
+    assert e.value.code == 2
+    assert capsys.readouterr() == ("", f"error: {message}\n")
+
+
+NOT_UTF8 = os.fsdecode(b"caf\xe9 \xff")  # as Python reads argv: surrogateescape
+UTF8_HINT = "is the terminal set to UTF-8?"
+E9 = f"is not UTF-8: byte 0xe9 (character 4); {UTF8_HINT}"
+SURROGATE = f"is not UTF-8: lone surrogate \\ud800 (character 3); {UTF8_HINT}"
+BAD_TEXT = [
+    (["chat", "-p", NOT_UTF8], f"--prompt {E9}"),
+    (["chat", "--system", NOT_UTF8], f"--system {E9}"),
+    (["chat", "-p", "hi", "--system", NOT_UTF8], f"--system {E9}"),
+    (["sample", "--prompt", NOT_UTF8], f"--prompt {E9}"),
+    # A Python caller's lone surrogate, not from a byte.
+    (["chat", "-p", "ok\ud800"], f"--prompt {SURROGATE}"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_TEXT, ids=str)
+def test_text_that_is_not_utf8_is_a_usage_error(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        cli.main([*args, "--checkpoint", "missing.pt"])
+    assert e.value.code == 2
+    assert capsys.readouterr() == ("", f"error: {message}\n")
+
+
+def test_a_prompt_that_is_not_utf8_from_the_shell(parrot: str) -> None:
+    # As a user runs it (`xinslm chat -p $'caf\xe9 \xff'`): argv bytes, decoded by Python.
+    proc = subprocess.run(
+        [sys.executable, "-m", "xinslm.cli", "chat", "--checkpoint", parrot, "-p", b"caf\xe9 \xff"],
+        capture_output=True,
+    )
+    assert proc.returncode == 2
+    want = f"error: --prompt is not UTF-8: byte 0xe9 (character 4); {UTF8_HINT}\n"
+    assert (proc.stdout, proc.stderr) == (b"", want.encode())
+
+
+def test_a_typed_line_that_is_not_utf8_is_refused_and_the_chat_goes_on(
+    parrot: str, capsys, monkeypatch
+) -> None:
+    stdin = io.TextIOWrapper(io.BytesIO(b"caf\xe9\nhi\n/exit\n"), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    cli.main(["chat", "--checkpoint", parrot, *GREEDY])
+    out, err = capsys.readouterr()
+    assert err == f"error: the message is not UTF-8: byte 0xe9 (character 4); {UTF8_HINT}\n"
+    assert out.endswith("you> you> assistant> hello\nyou> ")
+
+
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(raw=st.binary(max_size=40), command=st.sampled_from(["chat", "sample"]))
+@example(raw="café ok".encode(), command="chat").via("valid UTF-8")
+@example(raw=b"caf\xe9 \xed\xa0\x80", command="sample").via("Latin-1, an encoded surrogate")
+def test_any_prompt_bytes_are_answered_or_refused(parrot: str, capsys, raw: bytes, command: str):
+    # argv as Python builds it from the bytes the shell passes (a NUL cannot be in argv).
+    raw = raw.replace(b"\0", b"")
+    prompt = os.fsdecode(raw)
+    argv = [command, "--checkpoint", parrot, f"--prompt={prompt}", "--max-new-tokens", "2"]
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("error: --prompt is not UTF-8: byte 0x")
+        assert err.endswith(f"; {UTF8_HINT}\n") and err.count("\n") == 1
+    else:
+        cli.main(argv)  # any exception but these fails the test
+        out, err = capsys.readouterr()
+        assert err == "" and out.endswith("\n")
+        if command == "sample":
+            assert out.startswith(prompt)  # echoed, then continued
+
+
+# --- what a reply shows: no special tokens or bytes that are not UTF-8, unless --raw --------
+
+CALC = [
+    BYTE.special[f"<|{name}|>"] for name in ("calc_start", "calc_end", "result_start", "result_end")
+]
+FORCED = [
+    *b"caf", 0xC3, BYTE.bos_id, 0xA9,  # a character cut by a special token
+    *b" ok", BYTE.special["<|user|>"],
+    CALC[0], *b"6*7", CALC[1], CALC[2], *b"42", CALC[3],  # a calculator call and its result
+    0xE2, 0x82,  # a character cut by the end of the reply
+]  # fmt: skip
+SHOWN = "caf\ufffd\ufffd ok<<6*7=42>>\ufffd"
+RAW = (
+    "caf\ufffd<|bos|>\ufffd ok<|user|>"
+    "<|calc_start|>6*7<|calc_end|><|result_start|>42<|result_end|>\ufffd"
+)
+
+
+@pytest.mark.parametrize(("flags", "want"), [([], SHOWN), (["--raw"], RAW)], ids=["shown", "raw"])
+@pytest.mark.parametrize("command", ["chat", "sample"])
+def test_a_reply_shows_no_special_tokens_unless_raw(
+    parrot: str, command: str, flags: list[str], want: str, capsys, monkeypatch
+) -> None:
+    monkeypatch.setattr(Engine, "generate", lambda *args, **kwargs: iter(FORCED))
+    cli.main([command, "--checkpoint", parrot, "--prompt", "x", *flags])
+    echo = "x" if command == "sample" else ""  # sample prints its prompt first
+    assert capsys.readouterr().out == echo + want + "\n"
+
+
+def test_a_random_model_at_temperature_2(chat_checkpoint, capsys) -> None:
+    # A model of random weights, sampled hot: special tokens come, and show only with --raw.
+    hot = ["--temperature", "2", "--top-p", "1", "--top-k", "300", "--max-new-tokens", "100"]
+    argv = ["sample", "--checkpoint", str(chat_checkpoint), "--prompt", "Once", *hot]
+    cli.main([*argv, "--raw"])
+    assert "<|end|>" in capsys.readouterr().out
+    cli.main(argv)
+    out = capsys.readouterr().out
+    assert "<|" not in out and out.startswith("Once") and len(out) > 50
+
+
+def test_a_terminal_that_is_not_utf8_gets_question_marks(parrot: str, monkeypatch) -> None:
+    # A Latin-1 terminal has no U+FFFD: it prints as '?', not a UnicodeEncodeError traceback.
+    terminal = io.TextIOWrapper(io.BytesIO(), encoding="latin-1")
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(Engine, "generate", lambda *args, **kwargs: iter(FORCED))
+    cli.main(["chat", "--checkpoint", parrot, "--prompt", "x"])
+    terminal.flush()
+    assert terminal.buffer.getvalue() == b"caf?? ok<<6*7=42>>?\n"

@@ -33,26 +33,70 @@ def _load(args: argparse.Namespace):
     return ckpt, Engine(model, max_batch=1), tokenizer
 
 
-def _stream(engine, tokenizer, prompt_ids: list[int], args, stop_id: int, tool=None) -> str:
-    """Generate after prompt_ids, printing text as it comes; return all of it. With a tool
-    (the calculator), the model's calls are answered."""
-    from xinslm.reply_text import ReplyText
+class UsageError(XinslmError):
+    """A command line that cannot be used (a bad setting or argument): one line and exit 2,
+    argparse's code for its own usage errors (run_main reads exit_code)."""
+
+    exit_code = 2
+
+
+def _sampling(args: argparse.Namespace):
+    """The flags' Sampling, checked before anything loads; a bad one names its flag."""
+    from xinslm.config import SamplingError
     from xinslm.sampling import Sampling
 
-    reply = ReplyText(tokenizer)  # holds back a multi-byte character cut between tokens
-    sampling = Sampling(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-    )
-    for token in engine.generate(prompt_ids, sampling, {stop_id}, tool):
+    try:
+        return Sampling(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
+    except SamplingError as e:
+        raise UsageError(f"--{e.setting.replace('_', '-')}: {e.problem}") from None
+
+
+def _text_streams() -> None:
+    """A typed line that is not UTF-8 reaches _utf8 (not a UnicodeDecodeError), and a character
+    the terminal's encoding lacks prints as '?' (not a UnicodeEncodeError)."""
+    for stream, errors in ((sys.stdin, "surrogateescape"), (sys.stdout, "replace")):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors=errors)
+
+
+def _utf8(text: str, where: str) -> str:
+    """`text` if it is UTF-8; else UsageError naming `where`. Python reads argv (and stdin,
+    see _text_streams) with surrogateescape: a byte that is not UTF-8 is a lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        bad = (
+            f"byte 0x{code - 0xDC00:02x}"
+            if 0xDC80 <= code <= 0xDCFF
+            else f"lone surrogate \\u{code:04x}"
+        )
+        raise UsageError(
+            f"{where} is not UTF-8: {bad} (character {e.start + 1}); is the terminal set to UTF-8?"
+        ) from None
+    return text
+
+
+def _stream(engine, tokenizer, prompt_ids: list[int], args, stop_id: int, tool=None) -> str:
+    """Generate after prompt_ids, printing text as it comes; return the reply's text (without
+    special tokens, even with --raw: it goes back into the conversation). With a tool (the
+    calculator), the model's calls are answered."""
+    from xinslm.reply_text import ReplyText, shown_text
+
+    # Holds back a multi-byte character cut between tokens; hides special tokens unless --raw.
+    reply = ReplyText(tokenizer, raw=args.raw)
+    for token in engine.generate(prompt_ids, _sampling(args), {stop_id}, tool):
         sys.stdout.write(reply.add([token]))
         sys.stdout.flush()
     sys.stdout.write(reply.finish("stop") + "\n")
     sys.stdout.flush()
-    return reply.text
+    return shown_text(tokenizer, reply.tokens)
 
 
 def _fit_history(conversation: list[dict], tokenizer, context_len: int, room: int) -> list[dict]:
@@ -69,15 +113,35 @@ def _fit_history(conversation: list[dict], tokenizer, context_len: int, room: in
     return conversation
 
 
+def _next_message() -> str | None:
+    """The next non-empty line typed, stripped (None at the end of input); a line that is not
+    UTF-8 is refused in one line and another asked for."""
+    while True:
+        try:
+            message = input("you> ").strip()
+        except EOFError:
+            print()
+            return None
+        try:
+            if message:
+                return _utf8(message, "the message")
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
     from xinslm.chat_template import render_prompt
     from xinslm.tool_calls import Calculator
 
+    _sampling(args)  # a bad setting or argument is refused before the checkpoint loads
+    _text_streams()
+    system = [{"role": "system", "content": _utf8(args.system, "--system")}] if args.system else []
+    if args.prompt is not None:
+        _utf8(args.prompt, "--prompt")
     ckpt, engine, tokenizer = _load(args)
     calculator = Calculator(tokenizer)
     context_len = engine.config.context_len
     room = min(args.max_new_tokens, context_len // 2)
-    system = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt is not None:
         conversation = _fit_history(
             [*system, {"role": "user", "content": args.prompt}], tokenizer, context_len, room
@@ -88,20 +152,12 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
     print(f"xinslm chat with {args.checkpoint} (step {ckpt['step']}); {HELP_LINE}")
     conversation = list(system)
-    while True:
-        try:
-            line = input("you> ")
-        except EOFError:
-            print()
-            return
-        message = line.strip()
+    while (message := _next_message()) is not None:
         if message in ("/exit", "/quit"):
             return
         if message == "/reset":
             conversation = list(system)
             print("(conversation cleared)")
-            continue
-        if not message:
             continue
         conversation.append({"role": "user", "content": message})
         conversation = _fit_history(conversation, tokenizer, context_len, room)
@@ -112,6 +168,9 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    _sampling(args)
+    _text_streams()
+    _utf8(args.prompt, "--prompt")
     _, engine, tokenizer = _load(args)
     prompt_ids = [tokenizer.bos_id, *tokenizer.encode(args.prompt)]
     sys.stdout.write(args.prompt)
@@ -176,6 +235,11 @@ def _sampling_args(p: argparse.ArgumentParser, default_checkpoint: str) -> None:
     p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="show special tokens (<|bos|>, <|calc_start|>, ...) as they are, not hidden",
+    )
     _device_args(p)
 
 
