@@ -6,11 +6,12 @@
 What `dvc exp run --queue pretrain -S 'model.depth=...'` does (README: Scaling), for a machine
 without dvc such as the lent GPUs: each depth sizes the model through model.depth (64 wide per
 layer, heads of 128, the AdamW lr scaled for the width as the pretrain stage does), and trains
-with Muon on the byte tokens of --text (default: tinyshakespeare.txt from $XINSLM_SHARED_DATA,
-default ../shared/data), 90/10 split, through the library's tokenize_text, pack_blocks and
-train_loop. Steps: --max-steps, or with --tokens-per-param R the pretrain stage's horizon.
-Prints one row per depth (params, FLOPs per token, steps, tokens, FLOPs, val bpb at each
-evaluation's end, seconds) and the val bpb curve against FLOPs.
+with Muon (--optimizer adamw: AdamW alone) on the byte tokens of --text (default:
+tinyshakespeare.txt from $XINSLM_SHARED_DATA, default ../shared/data), 90/10 split, through
+the library's tokenize_text, pack_blocks and train_loop. Steps: --max-steps, or with
+--tokens-per-param R the pretrain stage's horizon. Prints one row per depth (params, FLOPs per
+token, steps, tokens, FLOPs, val bpb at each evaluation's end, seconds)
+and the val bpb curve against FLOPs.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ def run(args: argparse.Namespace, depth: int, work: Path) -> dict:
     config = ModelConfig(vocab_size=meta["tokenizer"]["vocab_size"], **shape)
     steps = args.max_steps or horizon_steps(config, args.tokens_per_param, args.batch * args.ctx)
     params = PretrainParams(
-        max_steps=steps, batch_size=args.batch, grad_accum=1, optimizer="muon",
-        lr=args.lr * width_lr_scale(config.n_embd), muon_lr=0.02,
+        max_steps=steps, batch_size=args.batch, grad_accum=1, optimizer=args.optimizer,
+        lr=args.lr * width_lr_scale(config.n_embd), muon_lr=args.muon_lr,
         muon_momentum=0.95, min_lr_frac=0.1, warmup_steps=max(1, steps // 20),
         weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, log_every=max(1, steps // 10),
         eval_every=max(1, steps // 10), eval_batches=20, checkpoint_every=0, seed=1337,
@@ -104,6 +105,8 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=500)
     parser.add_argument("--tokens-per-param", type=float, default=0.0)
     parser.add_argument("--lr", type=float, default=3e-3, help="AdamW's lr at 768 wide")
+    parser.add_argument("--optimizer", default="muon", choices=["muon", "adamw"])
+    parser.add_argument("--muon-lr", type=float, default=0.02)
     parser.add_argument("--text", type=Path, default=SHARED / "tinyshakespeare.txt")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", default=False, type=lambda s: s.lower() == "true")
@@ -112,7 +115,8 @@ def main() -> None:
     tokenize_text(args.text, ByteTokenizer(), work / "tokens", 0.1, 1 << 22)
     pack_blocks(work / "tokens", work / "blocks", args.ctx)
     rows = [run(args, depth, work) for depth in args.depth]
-    print(f"\ntext {args.text.name}, ctx {args.ctx}, batch {args.batch}, Muon")
+    opt = f"Muon (lr {args.muon_lr:g})" if args.optimizer == "muon" else "AdamW only"
+    print(f"\ntext {args.text.name}, ctx {args.ctx}, batch {args.batch}, {opt}, lr {args.lr:g}")
     print(
         f"{'depth':>5} {'width':>5} {'params':>8} {'FLOPs/tok':>10} {'steps':>6} "
         f"{'tokens':>11} {'FLOPs':>9} {'val bpb':>8} {'seconds':>8}"

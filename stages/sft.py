@@ -1,10 +1,13 @@
 """Stage sft: checkpoints/base.pt + data/chat -> checkpoints/chat.pt (loss on assistant tokens).
 
 The model is built from base.pt's own config, so its shape cannot mismatch the base model.
+With sft.text_rows > 0, each batch also holds windows of data/blocks (every token learned), so
+the chat model keeps what pretraining taught.
 """
 
 from xinslm import distributed
-from xinslm.batches import ChatBatches, ChatData, val_chat_batches
+from xinslm.artifact import open_array, read_meta
+from xinslm.batches import BlockBatches, ChatBatches, ChatData, MixedBatches, val_chat_batches
 from xinslm.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
 from xinslm.config import load_params
 from xinslm.device import pick_device, seed_everything, use_compile
@@ -13,6 +16,7 @@ from xinslm.optim import REFERENCE_WIDTH, scale_adamw_lr
 from xinslm.train import TrainJob, train_loop
 
 BASE, CHAT, OUT, LIVE = "checkpoints/base.pt", "data/chat", "checkpoints/chat.pt", "dvclive/sft"
+BLOCKS = "data/blocks"  # pretraining text, mixed in with sft.text_rows
 RESUME = "checkpoints/resume/sft.pt"  # outside the stage's outs, so a rerun finds it
 
 
@@ -35,6 +39,16 @@ def main() -> None:
     # A compiled model gets widths in steps of 64 tokens, not a new shape every batch.
     pad_to = 64 if use_compile(p.compile, pick_device(p.device)) else 1
     batches = ChatBatches(train_data, p.batch_size, p.seed, pad_to, *world.slot)
+    data = {"base_sha256": file_sha256(BASE), "chat": train_data.meta}
+    if p.text_rows:
+        blocks_meta = read_meta(BLOCKS, "blocks", base["tokenizer"])
+        if blocks_meta["context_len"] != base["model_config"]["context_len"]:
+            raise XinslmError(f"{BLOCKS} was packed for another context than {BASE} has")
+        blocks = open_array(BLOCKS, blocks_meta, "train")
+        text = BlockBatches(blocks, p.text_rows, p.seed, True, *world.slot)
+        batches = MixedBatches(batches, text)
+        data["blocks"] = blocks_meta
+        print(f"sft: {p.text_rows} windows of {BLOCKS} in each batch (sft.text_rows)")
 
     def val_batches():  # the same first batches at every evaluation
         return val_chat_batches(val_data, p.batch_size, p.eval_batches * world.size)
@@ -46,7 +60,7 @@ def main() -> None:
         live_dir=LIVE,
         resume_path=RESUME,
         # A resume checkpoint counts only for the same base model and the same rendered chats.
-        data={"base_sha256": file_sha256(BASE), "chat": train_data.meta},
+        data=data,
         checkpoint_extra={
             "tokenizer": base["tokenizer"],
             "stage": "sft",

@@ -14,10 +14,10 @@ from xinslm.config import (
     ChatParams,
     ModelParams,
     PretrainParams,
+    SftParams,
     TextParams,
     TokenizerName,
     TokenizerParams,
-    TrainParams,
     load_params,
 )
 from xinslm.errors import XinslmError
@@ -141,6 +141,7 @@ BAD_PARAMS = [
     ),
     ({"pretrain": {"tokens_per_param": -2}}, "pretrain.tokens_per_param: must be >= 0, got -2"),
     ({"sft": {"max_steps": 0}}, "sft.max_steps: must be > 0, got 0"),  # sft derives nothing
+    ({"sft": {"text_rows": -1}}, "sft.text_rows: must be >= 0 (0: chats only), got -1"),
     ({"chat": {"on_error": "maybe"}}, "chat.on_error: 'maybe' is not one of fail, skip"),
     ({"text": {"val_fraction": 0.6}}, "text.val_fraction: must be between 0.0 and 0.5, got 0.6"),
     ({"tokenizer": {"name": "gpt5"}}, "tokenizer.name: 'gpt5' is not one of byte, bpe, gpt2,"),
@@ -208,5 +209,5 @@ def test_invalid_yaml_is_one_line(tmp_path):
 def test_repo_params_load():
     sections = ("tokenizer", "text", "model", "chat", "pretrain", "sft")
     loaded = load_params(REPO / "params.yaml", *sections)
-    kinds = (TokenizerParams, TextParams, ModelParams, ChatParams, PretrainParams, TrainParams)
+    kinds = (TokenizerParams, TextParams, ModelParams, ChatParams, PretrainParams, SftParams)
     assert [type(p) for p in loaded] == list(kinds)

@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from xinslm.batches import BlockBatches, Prefetcher, ShuffledIndices, shifted_labels
+from xinslm.batches import (
+    BlockBatches,
+    MixedBatches,
+    Prefetcher,
+    ShuffledIndices,
+    shifted_labels,
+)
 from xinslm.model import IGNORE_INDEX
 
 CPU = torch.device("cpu")
@@ -135,3 +141,54 @@ def test_shift_off_reads_the_blocks_and_resume_with_shift_is_exact():
     for _ in range(8):
         (xa, ya), (xb, yb) = next(a), next(b)
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+class _Chats:
+    """Stands for ChatBatches: batch k is 2 rows of width 3 + k % 3 (at most the blocks' 8),
+    the last label of each row not learned."""
+
+    def __init__(self) -> None:
+        self.k = 0
+
+    def __next__(self):
+        width, self.k = 3 + self.k % 3, self.k + 1
+        x = torch.full((2, width), 1000 + self.k)
+        y = x.clone()
+        y[:, -1] = IGNORE_INDEX
+        return x, y
+
+    def state_dict(self) -> dict:
+        return {"k": self.k}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.k = state["k"]
+
+
+def test_mixed_batches_append_text_rows_cut_to_the_chats_width_all_learned():
+    text = BlockBatches(_blocks(), batch_size=3, seed=7, shift=True)
+    same_text = BlockBatches(_blocks(), batch_size=3, seed=7, shift=True)
+    mixed = MixedBatches(_Chats(), text)
+    chats = _Chats()
+    for _ in range(4):
+        x, y = next(mixed)
+        chat_x, chat_y = next(chats)
+        text_x, text_y = next(same_text)
+        width = chat_x.shape[1]
+        assert x.shape == y.shape == (5, width)
+        assert x[:2].tolist() == chat_x.tolist() and y[:2].tolist() == chat_y.tolist()
+        # the text rows: the same windows as pretraining's, their first `width` positions,
+        # every target learned
+        assert x[2:].tolist() == text_x[:, :width].tolist()
+        assert y[2:].tolist() == text_y[:, :width].tolist()
+        assert (y[2:] != IGNORE_INDEX).all()
+
+
+def test_mixed_batches_resume_both_positions():
+    a = MixedBatches(_Chats(), BlockBatches(_blocks(), batch_size=3, seed=7, shift=True))
+    for _ in range(9):  # past an epoch of the 22 shifted windows
+        next(a)
+    b = MixedBatches(_Chats(), BlockBatches(_blocks(), batch_size=3, seed=7, shift=True))
+    b.load_state_dict(a.state_dict())
+    for _ in range(5):
+        (ax, ay), (bx, by) = next(a), next(b)
+        assert torch.equal(ax, bx) and torch.equal(ay, by)

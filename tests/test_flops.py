@@ -84,9 +84,9 @@ def depth_run(tmp_path_factory) -> Path:
 
 def test_depth_and_tokens_per_param_resolve_once_for_the_whole_run(depth_run: Path) -> None:
     out = (depth_run / "pretrain.out").read_text()
-    lr = 0.003 * math.sqrt(6)  # depth 1: 128 wide, (128/768)^-0.5 = sqrt(6)
+    lr = 0.006 * math.sqrt(6)  # depth 1: 128 wide, (128/768)^-0.5 = sqrt(6)
     assert "pretrain: model.depth 1: 1 layers, 128 wide, 1 heads of 128\n" in out
-    assert f"pretrain: AdamW lr 0.003 * (128/768)^-0.5 = {lr:.6g} (muon_lr 0.02 as set)\n" in out
+    assert f"pretrain: AdamW lr 0.006 * (128/768)^-0.5 = {lr:.6g} (muon_lr 0.04 as set)\n" in out
     assert (
         "pretrain: max_steps 0: 0.01 tokens per parameter * 230,528 scaling parameters / 256 "
         "tokens per step = 10 steps\n" in out

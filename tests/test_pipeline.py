@@ -188,7 +188,7 @@ def test_killed_pretrain_resumes_and_a_run_cache_restore_blocks_no_later_experim
     out = run(["dvc", "exp", "run", "-n", "after-kill", "-S", "pretrain.lr=0.002"], clean).stdout
     assert (
         "pretrain: checkpoints/resume/pretrain.pt is from a run with other settings "
-        "(params.lr: 0.003 then, 0.002 now); starting over" in out
+        "(params.lr: 0.006 then, 0.002 now); starting over" in out
     )
     ran = set(re.findall(r"Running stage '([^']+)'", out))
     assert ran == {"pretrain", "sft", "export", "evaluate"}

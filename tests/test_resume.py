@@ -187,7 +187,7 @@ def test_sigkill_of_the_stage_process_then_rerun_ends_bitwise_identical(prepared
 @pytest.mark.parametrize(
     ("section", "change", "named"),
     [
-        ("pretrain", {"lr": 0.001}, "params.lr: 0.003 then, 0.001 now"),
+        ("pretrain", {"lr": 0.001}, "params.lr: 0.006 then, 0.001 now"),
         ("pretrain", {"batch_size": 4}, "params.batch_size: 8 then, 4 now"),
         ("model", {"n_layer": 3}, "model.n_layer: 2 then, 3 now"),
     ],

@@ -63,7 +63,7 @@ def test_micro_batches_weigh_each_learned_target_as_one_batch_would() -> None:
 
 
 def test_the_schedule_warms_up_then_decays_to_min_lr_frac() -> None:
-    params = train_params(max_steps=110, warmup_steps=10, min_lr_frac=0.1)
+    params = train_params(optimizer="adamw", max_steps=110, warmup_steps=10, min_lr_frac=0.1)
     assert [lr_scale(s, params) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
     assert lr_scale(10, params) == 1.0
     assert lr_scale(60, params) == pytest.approx(0.55)  # halfway down the cosine

@@ -196,6 +196,36 @@ class ChatBatches:
         self.indices.load_state_dict(state)
 
 
+class MixedBatches:
+    """SFT batches with pretraining text kept in: each chat batch of `chats` gets the rows of a
+    batch of `text` (BlockBatches) appended, each window cut to the chat batch's width and
+    every one of its tokens learned. Replaying some of the pretraining stream is what keeps a
+    fine-tuned model from forgetting how to continue prose (nanochat's SFT mixture keeps
+    general text in for the same reason). The two iterators keep their own positions."""
+
+    def __init__(self, chats: ChatBatches, text: BlockBatches) -> None:
+        self.chats, self.text = chats, text
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        chat_x, chat_y = next(self.chats)
+        text_x, text_y = next(self.text)
+        width = chat_x.shape[1]  # at most the context: sft checks the chats fit the model
+        return (
+            torch.cat([chat_x, text_x[:, :width]]),
+            torch.cat([chat_y, text_y[:, :width]]),
+        )
+
+    def state_dict(self) -> dict:
+        return {"chats": self.chats.state_dict(), "text": self.text.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.chats.load_state_dict(state["chats"])
+        self.text.load_state_dict(state["text"])
+
+
 def val_chat_batches(data: ChatData, batch_size: int, max_batches: int) -> Iterator[Batch]:
     """The first `max_batches` batches of val conversations, always the same ones."""
     for first in range(0, min(len(data), batch_size * max_batches), batch_size):
@@ -210,7 +240,12 @@ class Prefetcher:
     first batch asked for, so a resumed position can be loaded before. Close it (or use it as
     a context manager) to stop the thread."""
 
-    def __init__(self, batches: BlockBatches | ChatBatches, device: torch.device, ahead: int = 2):
+    def __init__(
+        self,
+        batches: BlockBatches | ChatBatches | MixedBatches,
+        device: torch.device,
+        ahead: int = 2,
+    ):
         self.batches, self.device = batches, torch.device(device)
         self._state = batches.state_dict()
         self._queue: queue.Queue = queue.Queue(maxsize=ahead)

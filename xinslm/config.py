@@ -194,6 +194,18 @@ def _check_device(device: str) -> None:
 
 
 @dataclass
+class SftParams(TrainParams):
+    """The sft section: TrainParams plus the pretraining text mixed into each batch."""
+
+    text_rows: int  # pretraining windows appended to each micro-batch (0: chats only)
+
+    def check(self) -> None:
+        super().check()
+        if not 0 <= self.text_rows < math.inf:
+            raise ValueError(f"text_rows: must be >= 0 (0: chats only), got {self.text_rows}")
+
+
+@dataclass
 class TaskParams:
     """One task of eval.tasks: its name (the file names of its results), kind, file, how
     many of its items to use (0: all) and, for an answer task, samples per item (pass@k)."""
@@ -279,7 +291,7 @@ SECTIONS: dict[str, type] = {
     "model": ModelParams,
     "chat": ChatParams,
     "pretrain": PretrainParams,
-    "sft": TrainParams,
+    "sft": SftParams,
     "eval": EvalParams,
 }
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from xinslm import distributed
-from xinslm.batches import Batch, BlockBatches, ChatBatches, Prefetcher
+from xinslm.batches import Batch, BlockBatches, ChatBatches, MixedBatches, Prefetcher
 from xinslm.checkpoint import save_checkpoint
 from xinslm.config import TrainParams
 from xinslm.device import pick_device, setup_device
@@ -49,7 +49,7 @@ class TrainJob:
 
 def train_loop(
     model: NanoChatModel,
-    batches: BlockBatches | ChatBatches,
+    batches: BlockBatches | ChatBatches | MixedBatches,
     val_batches: Callable[[], Iterator[Batch]] | None,
     job: TrainJob,
     log: TrainLog | None = None,

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from xinslm.batches import BlockBatches, ChatBatches, Prefetcher
+from xinslm.batches import BlockBatches, ChatBatches, MixedBatches, Prefetcher
 from xinslm.model import NanoChatModel
 
 
@@ -29,7 +29,7 @@ class TrainState:
         self,
         model: NanoChatModel,
         optimizers: list[torch.optim.Optimizer],
-        batches: BlockBatches | ChatBatches | Prefetcher,
+        batches: BlockBatches | ChatBatches | MixedBatches | Prefetcher,
         log_every: int,
     ) -> None:
         self.model, self.optimizers, self.batches = model, optimizers, batches
