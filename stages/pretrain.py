@@ -10,6 +10,7 @@ from xinslm.device import seed_everything
 from xinslm.errors import XinslmError, run_main
 from xinslm.flops import horizon_steps, scaling_params
 from xinslm.losses import read_token_bytes
+from xinslm.memory import check_training_memory
 from xinslm.model import ModelConfig, NanoChatModel
 from xinslm.optim import REFERENCE_WIDTH, scale_adamw_lr
 from xinslm.train import TrainJob, train_loop
@@ -30,6 +31,10 @@ def main() -> None:
     train_blocks, val_blocks = (open_array(BLOCKS, meta, s) for s in ("train", "val"))
 
     config = ModelConfig.from_params(model_p, meta["tokenizer"]["vocab_size"])
+    # Before anything is built or derived from the size: a model that cannot fit stops here.
+    size = "model.depth" if model_p.depth > 0 else "model.n_embd, model.n_layer"
+    keys = f"{size}, pretrain.batch_size (grad_accum keeps the tokens per step), model.context_len"
+    print(check_training_memory("pretrain", config, p, p.batch_size, config.context_len, keys))
     p = resolve_params(model_p, p, config)
     seed_everything(p.seed)
     model = NanoChatModel(config)

@@ -5,6 +5,8 @@ With sft.text_rows > 0, each batch also holds windows of data/blocks (every toke
 the chat model keeps what pretraining taught.
 """
 
+import numpy as np
+
 from xinslm import distributed
 from xinslm.artifact import open_array, read_meta
 from xinslm.batches import BlockBatches, ChatBatches, ChatData, MixedBatches, val_chat_batches
@@ -12,6 +14,8 @@ from xinslm.checkpoint import file_sha256, load_checkpoint, model_from_checkpoin
 from xinslm.config import load_params
 from xinslm.device import pick_device, seed_everything, use_compile
 from xinslm.errors import XinslmError, run_main
+from xinslm.memory import check_training_memory
+from xinslm.model import ModelConfig
 from xinslm.optim import REFERENCE_WIDTH, scale_adamw_lr
 from xinslm.train import TrainJob, train_loop
 
@@ -33,11 +37,18 @@ def main() -> None:
         p = scale_adamw_lr(p, width)
         print(f"sft: AdamW lr {lr:g} * ({width}/{REFERENCE_WIDTH})^-0.5 = {p.lr:.6g}")
 
+    # A compiled model gets widths in steps of 64 tokens, not a new shape every batch.
+    pad_to = 64 if use_compile(p.compile, pick_device(p.device)) else 1
+    # Before the model is built: the widest batch is the longest conversation, padded.
+    config = ModelConfig(**base["model_config"])
+    longest = int(np.diff(train_data.offsets).max(initial=1))
+    width = min(-(-longest // pad_to) * pad_to, config.context_len)
+    keys = "sft.batch_size, sft.text_rows, or a smaller base model (model.*, then pretrain)"
+    print(check_training_memory("sft", config, p, p.batch_size + p.text_rows, width, keys))
+
     seed_everything(p.seed)
     model = model_from_checkpoint(base)
     print(f"sft: from {BASE} (step {base['step']}), {len(train_data):,} train conversations")
-    # A compiled model gets widths in steps of 64 tokens, not a new shape every batch.
-    pad_to = 64 if use_compile(p.compile, pick_device(p.device)) else 1
     batches = ChatBatches(train_data, p.batch_size, p.seed, pad_to, *world.slot)
     data = {"base_sha256": file_sha256(BASE), "chat": train_data.meta}
     if p.text_rows:

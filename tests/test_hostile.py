@@ -20,6 +20,8 @@ import torch
 import yaml
 from conftest import REPO, run_stage, run_stage_ok, run_stage_process, set_params
 
+from xinslm import memory
+
 GOOD_CHAT = (
     '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
 )
@@ -494,3 +496,36 @@ def test_bad_utf8_replaced_when_asked(workdir: Path) -> None:
     run_stage_ok("tokenize-text", workdir)
     ids = np.fromfile(workdir / "data" / "tokens" / "train.bin", dtype=np.uint16)
     assert bytes(ids[1:].astype(np.uint8)).endswith("bad \ufffd byte\n".encode())
+
+
+# The row and sft's: a model or micro-batch that cannot fit is refused before anything
+# is built, naming its numbers and the keys to change (the memory free is faked at 20 GiB, so
+# the message does not depend on this machine; tests/test_memory.py checks the estimate).
+TOO_LARGE = {
+    "pretrain": (
+        param("model", "n_embd", 1_000_000),
+        "pretrain: the model does not fit: 11,000,530,000,000 parameters need about 212,349.4 "
+        "GiB (weights 40,980.2 GiB, optimizer 40,982.1 GiB, then activations 7,494.5 GiB or "
+        "gradients 40,980.2 GiB and Muon's step 89,407.0 GiB), but 20.0 GiB is available on "
+        "cpu; make it smaller: model.n_embd, model.n_layer, pretrain.batch_size (grad_accum "
+        "keeps the tokens per step), model.context_len",
+    ),
+    "sft": (
+        param("sft", "batch_size", 10**9),
+        "sft: the model does not fit: 11,296 parameters need about 85,234.6 GiB (weights 0.0 "
+        "MiB, optimizer 0.1 MiB, then activations 85,234.6 GiB or gradients 0.0 MiB and Muon's "
+        "step 0.0 MiB), but 20.0 GiB is available on cpu; make it smaller: sft.batch_size, "
+        "sft.text_rows, or a smaller base model (model.*, then pretrain)",
+    ),
+}
+
+
+@pytest.mark.parametrize("stage", TOO_LARGE)
+def test_a_model_that_cannot_fit_is_refused(workdir: Path, monkeypatch, stage: str) -> None:
+    setup, message = TOO_LARGE[stage]
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 20 * memory.GIB)
+    output = remove_output(workdir, stage)
+    setup(workdir)
+    before = sorted((workdir / "checkpoints").rglob("*"))
+    assert_refused(run_quiet(stage, workdir), workdir, output, message)
+    assert sorted((workdir / "checkpoints").rglob("*")) == before  # nothing written there
