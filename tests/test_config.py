@@ -211,3 +211,15 @@ def test_repo_params_load():
     loaded = load_params(REPO / "params.yaml", *sections)
     kinds = (TokenizerParams, TextParams, ModelParams, ChatParams, PretrainParams, SftParams)
     assert [type(p) for p in loaded] == list(kinds)
+
+
+def test_the_default_optimizer_is_the_one_the_readme_names():
+    """README's Defaults section names the recipe a user gets; params.yaml must ship it, so an
+    edit of one without the other fails here."""
+    pretrain, sft = load_params(REPO / "params.yaml", "pretrain", "sft")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    named = re.findall(r"Both stages train with `optimizer: (\w+)` by default", readme)
+    assert named == [pretrain.optimizer] == [sft.optimizer]
+    recipe = re.search(r"`pretrain.muon_lr: ([\d.]+)`, `pretrain.lr: ([\d.]+)`", readme)
+    assert recipe and (float(recipe[1]), float(recipe[2])) == (pretrain.muon_lr, pretrain.lr)
+    assert f"`sft.text_rows: {sft.text_rows}`" in readme
