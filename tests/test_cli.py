@@ -166,17 +166,6 @@ BAD_SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize(("args", "message"), BAD_SETTINGS, ids=str)
-def test_a_bad_sampling_setting_is_a_usage_error(args, message, tmp_path, monkeypatch, capsys):
-    # Refused by the one check (test_sampling) before the checkpoint loads: a missing one
-    # would be exit 1, "checkpoint not found".
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as e:
-        cli.main([*args, "--checkpoint", "missing.pt"])
-    assert e.value.code == 2
-    assert capsys.readouterr() == ("", f"error: {message}\n")
-
-
 NOT_UTF8 = os.fsdecode(b"caf\xe9 \xff")  # as Python reads argv: surrogateescape
 UTF8_HINT = "is the terminal set to UTF-8?"
 E9 = f"is not UTF-8: byte 0xe9 (character 4); {UTF8_HINT}"
@@ -191,8 +180,10 @@ BAD_TEXT = [
 ]
 
 
-@pytest.mark.parametrize(("args", "message"), BAD_TEXT, ids=str)
-def test_text_that_is_not_utf8_is_a_usage_error(args, message, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(("args", "message"), BAD_SETTINGS + BAD_TEXT, ids=str)
+def test_a_bad_setting_or_text_is_a_usage_error(args, message, tmp_path, monkeypatch, capsys):
+    # Refused before the checkpoint loads (settings by the one check of test_sampling): a
+    # missing check would be exit 1, "checkpoint not found".
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
         cli.main([*args, "--checkpoint", "missing.pt"])
