@@ -43,6 +43,8 @@ def main() -> None:
     config = ModelConfig(**base["model_config"])
     longest = int(np.diff(train_data.offsets).max(initial=1))
     width = min(-(-longest // pad_to) * pad_to, config.context_len)
+    if p.text_rows:  # text windows are whole: the batch is context_len wide
+        width = config.context_len
     keys = "sft.batch_size, sft.text_rows, or a smaller base model (model.*, then pretrain)"
     print(check_training_memory("sft", config, p, p.batch_size + p.text_rows, width, keys))
 

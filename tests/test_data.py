@@ -164,7 +164,7 @@ class _Chats:
         self.k = state["k"]
 
 
-def test_mixed_batches_append_text_rows_cut_to_the_chats_width_all_learned():
+def test_mixed_batches_append_whole_text_windows_all_learned_chats_padded():
     text = BlockBatches(_blocks(), batch_size=3, seed=7, shift=True)
     same_text = BlockBatches(_blocks(), batch_size=3, seed=7, shift=True)
     mixed = MixedBatches(_Chats(), text)
@@ -174,12 +174,12 @@ def test_mixed_batches_append_text_rows_cut_to_the_chats_width_all_learned():
         chat_x, chat_y = next(chats)
         text_x, text_y = next(same_text)
         width = chat_x.shape[1]
-        assert x.shape == y.shape == (5, width)
-        assert x[:2].tolist() == chat_x.tolist() and y[:2].tolist() == chat_y.tolist()
-        # the text rows: the same windows as pretraining's, their first `width` positions,
-        # every target learned
-        assert x[2:].tolist() == text_x[:, :width].tolist()
-        assert y[2:].tolist() == text_y[:, :width].tolist()
+        assert x.shape == y.shape == (5, 8)  # the windows' width, whatever the chats'
+        assert x[:2, :width].tolist() == chat_x.tolist()
+        assert y[:2, :width].tolist() == chat_y.tolist()
+        assert (x[:2, width:] == 0).all() and (y[:2, width:] == IGNORE_INDEX).all()
+        # the text rows: the same windows as pretraining's, every target learned
+        assert x[2:].tolist() == text_x.tolist() and y[2:].tolist() == text_y.tolist()
         assert (y[2:] != IGNORE_INDEX).all()
 
 

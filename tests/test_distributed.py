@@ -31,7 +31,8 @@ COMMON = {"eval_batches": 2, "checkpoint_every": 5, "device": "cpu", "optimizer"
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Prepared data, then pretrain + sft twice: one process with batches of 8 (sft: 4, two
-    micro-batches a step), and two processes with 4 each (sft: 2)."""
+    micro-batches a step, and 2 text windows in each), and two processes with 4 each (sft: 2, and
+    1 window)."""
     base = tmp_path_factory.mktemp("ddp")
     prepared = base / "prepared"
     scratch_inputs(prepared)
@@ -44,7 +45,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         work = base / name
         shutil.copytree(prepared, work)
         set_params(work, "pretrain", nproc=nproc, batch_size=8 // nproc)
-        set_params(work, "sft", nproc=nproc, batch_size=4 // nproc, grad_accum=2)
+        set_params(
+            work, "sft", nproc=nproc, batch_size=4 // nproc, grad_accum=2, text_rows=2 // nproc
+        )
         for stage in ("pretrain", "sft"):
             proc = run_stage_ok(stage, work, nproc)
             (work / f"{stage}.stdout").write_text(proc.stdout)

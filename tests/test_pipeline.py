@@ -202,11 +202,12 @@ def test_sft_starts_from_base_checkpoint(repo: Path) -> None:
     assert chat["tokenizer"] == base["tokenizer"]
     assert chat["base_step"] == base["step"] == TINY_PIPELINE["pretrain"]["max_steps"]
     assert chat["step"] == TINY_PIPELINE["sft"]["max_steps"]
-    # Adam moves each weight by about lr per step at most: 3 steps at lr 1e-3 stay within
-    # 0.005 of the base weights, while a fresh init differs by O(1).
+    # 3 warmup steps (lr x 0.1, 0.2, 0.3) move a weight by at most about 0.6 lr each under Adam
+    # (lr 0.002) and Muon (muon_lr 0.04, its orthogonal update's entries below 1, x2 for its
+    # shape scale): within 0.05 of the base weights, while a fresh init differs by O(1).
     for name, w in base["model"].items():
         delta = (chat["model"][name] - w).abs().max().item()
-        assert delta < 0.005, name
+        assert delta < 0.05, name
     assert any((chat["model"][k] != w).any() for k, w in base["model"].items())
 
 

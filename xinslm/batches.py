@@ -198,10 +198,12 @@ class ChatBatches:
 
 class MixedBatches:
     """SFT batches with pretraining text kept in: each chat batch of `chats` gets the rows of a
-    batch of `text` (BlockBatches) appended, each window cut to the chat batch's width and
-    every one of its tokens learned. Replaying some of the pretraining stream is what keeps a
-    fine-tuned model from forgetting how to continue prose (nanochat's SFT mixture keeps
-    general text in for the same reason). The two iterators keep their own positions."""
+    batch of `text` (BlockBatches, whole windows, every token learned) appended, the chat rows
+    right-padded to the windows' width. Replaying some of the pretraining stream is what keeps
+    a fine-tuned model from forgetting how to continue prose (nanochat's SFT mixture keeps
+    general text in for the same reason). The windows' width never depends on the chats, so
+    processes under DDP, each padding its own chats, train on what one process would. The two
+    iterators keep their own positions."""
 
     def __init__(self, chats: ChatBatches, text: BlockBatches) -> None:
         self.chats, self.text = chats, text
@@ -212,11 +214,10 @@ class MixedBatches:
     def __next__(self) -> Batch:
         chat_x, chat_y = next(self.chats)
         text_x, text_y = next(self.text)
-        width = chat_x.shape[1]  # at most the context: sft checks the chats fit the model
-        return (
-            torch.cat([chat_x, text_x[:, :width]]),
-            torch.cat([chat_y, text_y[:, :width]]),
-        )
+        pad = text_x.shape[1] - chat_x.shape[1]  # >= 0: sft checks the chats fit the context
+        chat_x = torch.nn.functional.pad(chat_x, (0, pad))
+        chat_y = torch.nn.functional.pad(chat_y, (0, pad), value=IGNORE_INDEX)
+        return torch.cat([chat_x, text_x]), torch.cat([chat_y, text_y])
 
     def state_dict(self) -> dict:
         return {"chats": self.chats.state_dict(), "text": self.text.state_dict()}
