@@ -512,8 +512,8 @@ TOO_LARGE = {
     ),
     "sft": (
         param("sft", "batch_size", 10**9),
-        "sft: the model does not fit: 11,296 parameters need about 85,234.6 GiB (weights 0.0 "
-        "MiB, optimizer 0.1 MiB, then activations 85,234.6 GiB or gradients 0.0 MiB and Muon's "
+        "sft: the model does not fit: 11,296 parameters need about 170,469.3 GiB (weights 0.0 "
+        "MiB, optimizer 0.1 MiB, then activations 170,469.3 GiB or gradients 0.0 MiB and Muon's "
         "step 0.0 MiB), but 20.0 GiB is available on cpu; make it smaller: sft.batch_size, "
         "sft.text_rows, or a smaller base model (model.*, then pretrain)",
     ),
