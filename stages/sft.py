@@ -55,7 +55,7 @@ def main() -> None:
     data = {"base_sha256": file_sha256(BASE), "chat": train_data.meta}
     if p.text_rows:
         blocks_meta = read_meta(BLOCKS, "blocks", base["tokenizer"])
-        if blocks_meta["context_len"] != base["model_config"]["context_len"]:
+        if blocks_meta["context_len"] != config.context_len:
             raise XinslmError(f"{BLOCKS} was packed for another context than {BASE} has")
         blocks = open_array(BLOCKS, blocks_meta, "train")
         text = BlockBatches(blocks, p.text_rows, p.seed, True, *world.slot)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from xinslm.chat_template import is_learned
 from xinslm.errors import XinslmError
+from xinslm.text import not_utf8
 
 ROLES = ("system", "user", "assistant")
 MESSAGE_FIELDS = ("role", "content", "name", "weight")
@@ -216,14 +217,14 @@ def _valid_unicode(value: object, where: str, errors: str) -> object:
 
 
 def _valid_string(text: str, where: str, errors: str) -> str:
-    bad = _SURROGATE.search(text)
-    if bad is None:
+    problem = not_utf8(text)
+    if problem is None:
         return text
     if errors == "replace":
         return _SURROGATE.sub("\ufffd", text)
     raise ValueError(
-        f"{where}: lone surrogate \\u{ord(bad[0]):04x} (character {bad.start() + 1}) is not "
-        "valid Unicode; set chat.utf8_errors: replace to read it as U+FFFD"
+        f"{where}: {problem} is not valid Unicode; set chat.utf8_errors: replace to read it as "
+        "U+FFFD"
     )
 
 

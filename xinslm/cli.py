@@ -68,18 +68,11 @@ def _text_streams() -> None:
 def _utf8(text: str, where: str) -> str:
     """`text` if it is UTF-8; else UsageError naming `where`. Python reads argv (and stdin,
     see _text_streams) with surrogateescape: a byte that is not UTF-8 is a lone surrogate."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        code = ord(text[e.start])
-        bad = (
-            f"byte 0x{code - 0xDC00:02x}"
-            if 0xDC80 <= code <= 0xDCFF
-            else f"lone surrogate \\u{code:04x}"
-        )
-        raise UsageError(
-            f"{where} is not UTF-8: {bad} (character {e.start + 1}); is the terminal set to UTF-8?"
-        ) from None
+    from xinslm.text import not_utf8
+
+    problem = not_utf8(text, from_bytes=True)
+    if problem is not None:
+        raise UsageError(f"{where} is not UTF-8: {problem}; is the terminal set to UTF-8?")
     return text
 
 

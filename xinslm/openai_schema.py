@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, field_validator
 
+from xinslm.text import not_utf8
+
 # --- requests --------------------------------------------------------------------------
 
 
@@ -34,12 +36,9 @@ def _as_list(value: object) -> object:
 
 def _unicode(text: str) -> str:
     """JSON may escape a lone surrogate ("\\ud800"): valid JSON, not text (no UTF-8 for it)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        code, where = ord(text[e.start]), e.start + 1
-        problem = f"lone surrogate \\u{code:04x} (character {where}) is not valid Unicode"
-        raise ValueError(problem) from None
+    problem = not_utf8(text)
+    if problem is not None:
+        raise ValueError(f"{problem} is not valid Unicode")
     return text
 
 

@@ -20,6 +20,21 @@ from xinslm.errors import XinslmError
 LOOK_AHEAD = 8  # a piece may grow to this many times its size to end at a safe cut
 
 
+def not_utf8(text: str, from_bytes: bool = False) -> str | None:
+    """Where `text` cannot be encoded as UTF-8: its first lone surrogate and the character it
+    is, e.g. `lone surrogate \\ud800 (character 3)`; None when it encodes. from_bytes: the text
+    was decoded with surrogateescape (argv, stdin), so U+DC80-U+DCFF name the byte they stand
+    for (`byte 0xe9`). The one description for chat files, the CLI and the server."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        escaped = from_bytes and 0xDC80 <= code <= 0xDCFF
+        what = f"byte 0x{code - 0xDC00:02x}" if escaped else f"lone surrogate \\u{code:04x}"
+        return f"{what} (character {e.start + 1})"
+
+
 def text_files(path: str | Path) -> list[Path]:
     """The input files: `path` itself, or every *.txt under a directory, sorted."""
     path = Path(path)
