@@ -18,12 +18,17 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
 	touch $@
 
-run: $(BIN)/.installed
+# The plots page's template: Vega's scripts from the installed vl-convert-python, inlined so
+# that `dvc plots show` and `dvc plots diff` render with no network (.dvc/config names it).
+.dvc/plots.html: $(BIN)/.installed
+	$(BIN)/python -m xinslm.plots_page $@
+
+run: $(BIN)/.installed .dvc/plots.html
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 	@echo; echo "user> $(CHAT_PROMPT)"; printf "assistant> "
 	@$(BIN)/xinslm chat -p "$(CHAT_PROMPT)" --temperature 0 --max-new-tokens 64
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed .dvc/plots.html
 	PATH="$(abspath $(BIN)):$$PATH" python -m pytest
 
 lint: $(BIN)/.installed

@@ -139,8 +139,15 @@ ANSWER_TASK = {
 # Small enough that the whole pipeline trains in seconds on two CPU cores.
 TINY_PIPELINE = {
     "model": {"n_layer": 1, "n_head": 2, "n_kv_head": 1, "n_embd": 32},
-    "pretrain": {"max_steps": 4, "batch_size": 4, "eval_every": 2, "eval_batches": 1},
-    "sft": {"max_steps": 3, "batch_size": 4, "eval_every": 2, "eval_batches": 1},
+    # A log point every step: from the second on, each has tokens/s (tests/test_plots.py).
+    "pretrain": {
+        "max_steps": 4,
+        "batch_size": 4,
+        "eval_every": 2,
+        "eval_batches": 1,
+        "log_every": 1,
+    },
+    "sft": {"max_steps": 3, "batch_size": 4, "eval_every": 2, "eval_batches": 1, "log_every": 1},
     "eval": {
         "max_new_tokens": 8,
         "prompts": ["What is 2 plus 3?"],
@@ -207,6 +214,47 @@ def trained_repo(tmp_path_factory) -> Path:
     """A repo with tiny params, the whole pipeline run and committed: built once per session,
     copied by the tests that change it (copy_repo)."""
     return make_repo(tmp_path_factory.mktemp("trained") / "repo")
+
+
+# --- the browser ---------------------------------------------------------------------------
+
+
+def chromium_or_skip() -> tuple[str, str]:
+    """Paths of the browser and its driver; a skip (a failure under CI) when either is absent."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    missing = [name for name, path in (("chromium", browser), ("chromedriver", driver)) if not path]
+    if missing:
+        reason = f"{' and '.join(missing)} not found (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: CI must run the browser tests")
+        pytest.skip(reason)
+    return browser, driver
+
+
+@contextlib.contextmanager
+def headless_chromium(size: tuple[int, int], offline: bool = False) -> Iterator:
+    """Headless Chromium through Selenium, the window `size` pixels wide and high. offline: no
+    network but the machine itself (every host name fails to resolve, any proxy is a closed
+    port): a page that fetches a script from the internet does not get it."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = chromium_or_skip()
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    options.add_argument(f"--window-size={size[0]},{size[1]}")
+    if offline:
+        options.add_argument("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
+        options.add_argument("--proxy-server=http://127.0.0.1:9")
+    # An explicit driver path: Selenium Manager never looks for (or downloads) one.
+    chrome = webdriver.Chrome(options=options, service=Service(executable_path=driver))
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
 
 
 # --- library objects ----------------------------------------------------------------------

@@ -10,9 +10,7 @@ them the test skips, except under CI (the CI environment variable set), where it
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -20,9 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, live_server, save_model_checkpoint, tiny_config
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
+from conftest import REPO, headless_chromium, live_server, save_model_checkpoint, tiny_config
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
@@ -35,33 +31,10 @@ STATS = re.compile(r"(\d+) tokens · ([\d.]+) tokens/s")  # a reply of 0.1 s or 
 DONE = re.compile(r"^\d+ tokens · ")  # any completed reply's stats line
 
 
-def chromium_or_skip() -> tuple[str, str]:
-    """Paths of the browser and its driver; a skip (a failure under CI) when either is absent."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    missing = [name for name, path in (("chromium", browser), ("chromedriver", driver)) if not path]
-    if missing:
-        reason = f"{' and '.join(missing)} not found (apt-get install chromium chromium-driver)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}: CI must run the chat page's test")
-        pytest.skip(reason)
-    return browser, driver
-
-
 @pytest.fixture
 def browser():
-    binary, driver = chromium_or_skip()
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
-        options.add_argument(arg)
-    options.add_argument("--window-size=1100,820")
-    # An explicit driver path: Selenium Manager never looks for (or downloads) one.
-    chrome = webdriver.Chrome(options=options, service=Service(executable_path=driver))
-    try:
+    with headless_chromium((1100, 820)) as chrome:
         yield chrome
-    finally:
-        chrome.quit()
 
 
 def chatty_checkpoint(path: Path, context_len: int = CONTEXT) -> Path:

@@ -165,7 +165,7 @@ def test_killed_pretrain_resumes_and_a_run_cache_restore_blocks_no_later_experim
     """Resumed under DVC, with its curve written live; then the issue's three commands: a run
     killed, `dvc repro` restoring it from the run-cache, the next experiment. (That a resumed
     run ends bit-identical to an uninterrupted one is tests/test_resume.py's.)"""
-    edit_params(clean, {"pretrain": {"max_steps": 100, "checkpoint_every": 10}})
+    edit_params(clean, {"pretrain": {"max_steps": 100, "checkpoint_every": 10, "log_every": 10}})
     resume = clean / "checkpoints/resume/pretrain.pt"
 
     # Killed, then `dvc repro` continues the run where its resume checkpoint left it.
@@ -259,12 +259,16 @@ def test_plots_diff_overlays_val_bpb_against_flops_of_a_depth_experiment(clean: 
     shape = {"context_len": 256, "vocab_size": 265}
     tiny = ModelConfig(**shape, **TINY_PIPELINE["model"])
     depth_1 = ModelConfig(**shape, n_layer=1, n_head=1, n_kv_head=1, n_embd=128)
-    for rev, config, steps in (("HEAD", tiny, [4]), ("d1", depth_1, [3, 6])):
+    for rev, config, steps in (("HEAD", tiny, [2, 4]), ("d1", depth_1, [3, 6])):
         assert [int(p["step"]) for p in points[rev]] == steps
         flops = [s * 4 * 256 * flops_per_token(config) for s in steps]
         assert [float(p["flops"]) for p in points[rev]] == flops
     bpb = (clean / "dvclive/pretrain/plots/metrics/val/bpb.tsv").read_text().splitlines()
     assert [p["bpb"] for p in points["d1"]] == [line.split("\t")[1] for line in bpb[1:]]
+    # Every chart holds both runs' curves, one chart per idea (the experiment's sft curves are
+    # the commit's: it kept them, as it did not run sft).
+    for name, (chart,) in shown["data"].items():
+        assert {p["rev"] for p in chart["content"]["data"]["values"]} == {"HEAD", "d1"}, name
 
 
 def test_task_accuracies_in_exp_show_and_eval_edits_rerun_only_the_evaluation(

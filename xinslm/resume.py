@@ -110,10 +110,11 @@ class Guard:
     def _start_over(self, why: str) -> None:
         print(f"{self.name}: {why}; starting over (it is replaced at the first save)", flush=True)
 
-    def after_step(self, state: TrainState) -> None:
-        """Save a resume checkpoint when one is due or a stop was asked for; then stop."""
+    def after_step(self, state: TrainState) -> bool:
+        """Save a resume checkpoint when one is due or a stop was asked for; then stop.
+        True when it saved (the loop leaves the save's time out of tokens/s)."""
         if self.path is None or state.step == self.params.max_steps:
-            return
+            return False
         stopping = self.stop_signal is not None
         if self.world.size > 1:
             # All processes stop at the same step. They agree at log points only (asking
@@ -122,7 +123,8 @@ class Guard:
             at_log_point = state.step % self.params.log_every == 0
             stopping = at_log_point and distributed.any_rank(stopping, state.window.device)
         every = self.params.checkpoint_every
-        if stopping or (every and state.step % every == 0):
+        saving = stopping or bool(every and state.step % every == 0)
+        if saving:
             self.save(state)
         if stopping:
             signum = self.stop_signal or signal.SIGTERM  # (another process got it)
@@ -131,6 +133,7 @@ class Guard:
                 f"saved {self.path}: run the stage again (dvc repro) to continue from there",
                 signum,
             )
+        return saving
 
     def save(self, state: TrainState) -> None:
         """Save `state`, if its losses so far and its weights are finite."""

@@ -57,7 +57,8 @@ def train_loop(
     """Train `model` for job.params.max_steps steps, save job.out_path and return the summary
     (final train and val loss, tokens, steps, seconds). `val_batches()` gives the val batches
     of one evaluation (None: no val loss); `log` replaces the stage's console and dvclive.
-    Every log point carries `flops`, the training FLOPs so far (xinslm.flops, all processes).
+    Every log point carries `flops`, the training FLOPs so far (xinslm.flops, all processes),
+    and from the second on `tokens_per_sec` (xinslm.train_log).
 
     Under torchrun, `batches` is this process's slice of each global batch and `val_batches`
     the batches of all: the gradients are averaged over the processes, losses and tokens count
@@ -78,7 +79,7 @@ def train_loop(
         guard.resume(state)
         log.start(state, p.max_steps)
         start = window_start = time.perf_counter()
-        window_tokens = 0
+        window_tokens, steady = 0, False  # the first window holds compilation and warm-up
         for step in range(state.step, p.max_steps):
             # -- one optimizer step (no host sync)
             loss, tokens = train_step([next(batches) for _ in range(p.grad_accum)], step)
@@ -90,19 +91,21 @@ def train_loop(
                 metrics = {
                     "train/loss": state.close_window(),
                     "lr": p.lr * lr_scale(step, p),
-                    "tokens_per_sec": window_tokens / (time.perf_counter() - window_start),
                     "flops": token_flops * state.tokens,
                 }
+                if steady:  # tokens/s of training alone: evaluations and saves are not timed
+                    metrics["tokens_per_sec"] = window_tokens / (time.perf_counter() - window_start)
                 if val_batches and (state.step % p.eval_every == 0 or state.step == p.max_steps):
                     metrics.update(evaluate(model, val_batches(), device, job.token_bytes))
-                    # DVC joins a plot's x and y files row by row: the FLOPs of each evaluation
-                    # get a curve of their own beside val/loss's (dvc.yaml: bpb against FLOPs).
-                    metrics["val/flops"] = metrics["flops"]
+                    # DVC joins a plot's x and y files row by row: the tokens and FLOPs of each
+                    # evaluation get curves of their own beside val/loss's (dvc.yaml's plots).
+                    metrics["val/tokens"], metrics["val/flops"] = state.tokens, metrics["flops"]
                 state.log(metrics)
                 log.metrics(state.step, metrics)
-                window_start, window_tokens = time.perf_counter(), 0
+                window_start, window_tokens, steady = time.perf_counter(), 0, True
             # -- a resume checkpoint when due; stop when asked to
-            guard.after_step(state)
+            if guard.after_step(state):  # saved: the window's timing starts again after it
+                window_start, window_tokens = time.perf_counter(), 0
         # -- the run is complete: the checkpoint
         summary = {**state.summary(), "steps": p.max_steps}
         if world.main:

@@ -25,8 +25,10 @@ class TrainLog:
         """After each step."""
 
     def metrics(self, step: int, metrics: dict) -> None:
-        """At each log point: train/loss, lr, tokens_per_sec, flops (training FLOPs so far),
-        and when evaluated val/loss, val/flops (the same FLOPs) and in pretrain val/bpb."""
+        """At each log point: train/loss, lr, flops (training FLOPs so far), tokens_per_sec
+        (from the second log point of a process on: the first window holds compilation and
+        warm-up), and when evaluated val/loss, val/tokens and val/flops (the training tokens
+        and FLOPs so far: the x of curves of val loss) and in pretrain val/bpb."""
 
     def end(self, summary: dict) -> None:
         """When the run is complete."""
@@ -52,8 +54,8 @@ class ConsoleLog(TrainLog):
         self.bar.update()
 
     def metrics(self, step: int, metrics: dict) -> None:
-        loss, speed = metrics["train/loss"], metrics["tokens_per_sec"]
-        self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}")
+        loss, speed = metrics["train/loss"], metrics.get("tokens_per_sec")
+        self.bar.set_postfix(loss=f"{loss:.3f}", **({"tok_s": f"{speed:,.0f}"} if speed else {}))
         if "val/loss" in metrics:
             bpb = f", val bpb {metrics['val/bpb']:.4f}" if "val/bpb" in metrics else ""
             tqdm.write(
