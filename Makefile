@@ -38,4 +38,4 @@ format: $(BIN)/.installed
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 clean:
-	rm -rf data/tokens data/blocks data/chat checkpoints/*.pt dvclive
+	rm -rf data/tokens data/token-store data/blocks data/chat checkpoints/*.pt dvclive

@@ -7,9 +7,10 @@ skill shows as the difference), and the chat model's loss on held-out assistant 
 import json
 from dataclasses import asdict
 
-from xinslm.artifact import open_array, read_meta
+from xinslm.artifact import read_meta
 from xinslm.atomic import write_json
 from xinslm.batches import ChatData
+from xinslm.blocks import open_blocks
 from xinslm.checkpoint import load_checkpoint, model_from_checkpoint
 from xinslm.config import load_params
 from xinslm.device import pick_device
@@ -32,7 +33,7 @@ def main() -> None:
     chat = load_checkpoint(CHAT, tokenizer=base["tokenizer"])
     tokenizer = tokenizer_for(base["tokenizer"], BASE, tok_p.encodings_dir)
     blocks_meta = read_meta(BLOCKS, "blocks", base["tokenizer"])
-    val_blocks = open_array(BLOCKS, blocks_meta, "val")
+    val_blocks = open_blocks(BLOCKS, blocks_meta, "val")
     val_chats = ChatData(CHATS, "val", base["tokenizer"])
     if len(val_blocks) == 0 or len(val_chats) == 0:
         raise XinslmError("no held-out data: set text.val_fraction > 0 and a chat.val_input")

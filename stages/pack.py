@@ -1,4 +1,5 @@
-"""Stage pack: data/tokens -> data/blocks/{train,val}.bin of [N, context_len + 1] blocks."""
+"""Stage pack: data/tokens -> data/blocks: [N, context_len + 1] blocks of each split, described
+by meta.json and read from data/tokens (xinslm.blocks), not copied."""
 
 from xinslm.config import load_params
 from xinslm.errors import run_main

@@ -1,10 +1,11 @@
-"""Stage pretrain: data/blocks -> checkpoints/base.pt (loss on every token)."""
+"""Stage pretrain: data/blocks (over data/tokens) -> checkpoints/base.pt (loss on every token)."""
 
 import dataclasses
 
 from xinslm import distributed
-from xinslm.artifact import open_array, read_meta
+from xinslm.artifact import read_meta
 from xinslm.batches import BlockBatches, val_block_batches
+from xinslm.blocks import open_blocks
 from xinslm.config import ModelParams, PretrainParams, load_params
 from xinslm.device import seed_everything
 from xinslm.errors import XinslmError, run_main
@@ -28,7 +29,7 @@ def main() -> None:
             f"{BLOCKS} was packed for context_len {meta['context_len']}, but model.context_len "
             f"is {model_p.context_len}: rerun pack (dvc repro)"
         )
-    train_blocks, val_blocks = (open_array(BLOCKS, meta, s) for s in ("train", "val"))
+    train_blocks, val_blocks = (open_blocks(BLOCKS, meta, s) for s in ("train", "val"))
 
     config = ModelConfig.from_params(model_p, meta["tokenizer"]["vocab_size"])
     # Before anything is built or derived from the size: a model that cannot fit stops here.

@@ -8,8 +8,9 @@ the chat model keeps what pretraining taught.
 import numpy as np
 
 from xinslm import distributed
-from xinslm.artifact import open_array, read_meta
+from xinslm.artifact import read_meta
 from xinslm.batches import BlockBatches, ChatBatches, ChatData, MixedBatches, val_chat_batches
+from xinslm.blocks import open_blocks
 from xinslm.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
 from xinslm.config import load_params
 from xinslm.device import pick_device, seed_everything, use_compile
@@ -57,7 +58,7 @@ def main() -> None:
         blocks_meta = read_meta(BLOCKS, "blocks", base["tokenizer"])
         if blocks_meta["context_len"] != config.context_len:
             raise XinslmError(f"{BLOCKS} was packed for another context than {BASE} has")
-        blocks = open_array(BLOCKS, blocks_meta, "train")
+        blocks = open_blocks(BLOCKS, blocks_meta, "train")
         text = BlockBatches(blocks, p.text_rows, p.seed, True, *world.slot)
         batches = MixedBatches(batches, text)
         data["blocks"] = blocks_meta

@@ -14,7 +14,7 @@ def main() -> None:
         write_unused(BPE_DIR, tok.name)
         print(f"train-tokenizer: tokenizer.name is {tok.name}, nothing to train")
         return
-    texts = training_text(text.input, text.val_fraction, tok.max_chars, text.utf8_errors)
+    texts = training_text(text, tok.max_chars)
     meta = train_bpe(texts, tok.vocab_size, BPE_DIR)
     print(
         f"train-tokenizer: BPE of {meta['vocab_size']:,} tokens trained on "

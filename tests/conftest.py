@@ -102,7 +102,7 @@ def scratch_inputs(work: Path) -> Path:
     shutil.copytree(
         REPO / "data",
         work / "data",
-        ignore=shutil.ignore_patterns("tokens", "blocks", "chat", "tokenizer"),
+        ignore=shutil.ignore_patterns("tokens", "token-store", "blocks", "chat", "tokenizer"),
     )
     return work
 
@@ -270,6 +270,24 @@ def train_params(section: str = "pretrain", **overrides: object):
     """The repo's params.yaml section `section`, with `overrides`."""
     (params,) = load_params(REPO / "params.yaml", section)
     return dataclasses.replace(params, **overrides)
+
+
+def tokenize(source: str | Path, tokenizer, out: Path, **text: object):
+    """tokenize_text over `source` with params.yaml's text section and `text` overrides (one
+    worker unless they say otherwise), its store beside `out`; the Tokenized report."""
+    from xinslm.tokenize_text import tokenize_text
+
+    params = train_params("text", **{"input": str(source), "workers": 1, **text})
+    return tokenize_text(params, tokenizer, out, out.with_name(f"{out.name}-store"))
+
+
+def token_ids(tokens_dir: Path, split: str) -> list[int]:
+    """One split's token stream of a token artifact, as a list."""
+    from xinslm.artifact import read_meta
+    from xinslm.blocks import TokenStream
+
+    stream = TokenStream(tokens_dir, read_meta(tokens_dir, "tokens"), split)
+    return stream.read(0, len(stream)).tolist()
 
 
 def train_on(model, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float) -> float:

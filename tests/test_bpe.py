@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import re
 
-import numpy as np
 import pytest
-from conftest import conversation_example, tiktoken_tokenizer
+from conftest import conversation_example, tiktoken_tokenizer, token_ids, tokenize, train_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xinslm.artifact import check_tokenizer, open_array
+from xinslm.artifact import check_tokenizer
 from xinslm.bpe import train_bpe, training_text, write_unused
+from xinslm.corpus import in_val
 from xinslm.errors import XinslmError
-from xinslm.tokenize_text import tokenize_text
 from xinslm.tokenizer import ByteTokenizer, TiktokenTokenizer, get_tokenizer
 
 TEXT = (
@@ -96,8 +95,18 @@ def test_two_trained_bpes_of_one_size_are_told_apart(bpe, tmp_path) -> None:
 def test_training_reads_only_the_train_split_up_to_max_chars(tmp_path) -> None:
     path = tmp_path / "t.txt"
     path.write_text("train line\n" * 9 + "val line!!\n")
-    assert "".join(training_text(path, 0.1, 10**6)) == "train line\n" * 9
-    assert "".join(training_text(path, 0.1, 15)) == "train line\ntrai"
+    text = train_params("text", input=str(path), val_fraction=0.1)
+    assert "".join(training_text(text, 10**6)) == "train line\n" * 9
+    assert "".join(training_text(text, 15)) == "train line\ntrai"
+    # A sharded corpus: the train documents only, whole, in shard order.
+    (tmp_path / "shards").mkdir()
+    docs = [f"document {i}\n" for i in range(40)]
+    with open(tmp_path / "shards" / "a.jsonl", "w") as f:
+        f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
+    text = train_params("text", input=str(tmp_path / "shards"), val_fraction=0.3)
+    train = [d for d in docs if not in_val(d, 0.3)]
+    assert 0 < len(train) < len(docs)
+    assert "".join(training_text(text, 10**6)) == "".join(train)
 
 
 def test_errors(tmp_path) -> None:
@@ -130,11 +139,10 @@ def test_vocab_over_65536_is_stored_as_uint32(tmp_path) -> None:
     path = tmp_path / "t.txt"
     text = "Hello wörld — 東京 and café\n" * 50
     path.write_text(text)
-    meta = tokenize_text(path, tok, tmp_path / "tokens", val_fraction=0.0, chunk_bytes=1 << 20)
-    train = open_array(tmp_path / "tokens", meta, "train")
-    assert train.dtype == np.uint32
+    meta = tokenize(path, tok, tmp_path / "tokens", val_fraction=0.0).meta
+    assert meta["dtype"] == "uint32"
     expected = [tok.bos_id, *tok.encode(text)]
-    assert train.tolist() == expected and max(expected) > 65535
+    assert token_ids(tmp_path / "tokens", "train") == expected and max(expected) > 65535
 
 
 def test_retraining_in_the_same_place_loads_the_new_tokenizer(tmp_path, monkeypatch) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, run_stage, run_stage_ok, run_stage_process, set_params
+from conftest import REPO, run_stage, run_stage_ok, run_stage_process, set_params, token_ids
 
 from xinslm import memory
 
@@ -164,7 +164,7 @@ CASES = [
         "text-dir-without-txt",
         "tokenize-text",
         text_dir_without_txt,
-        "corpus: directory holds no .txt files",
+        "corpus: directory holds no .txt, .jsonl or .parquet files",
     ),
     (
         "text-not-utf8",
@@ -494,8 +494,8 @@ def test_bad_utf8_replaced_when_asked(workdir: Path) -> None:
     (workdir / TEXT).write_bytes(b"ok line\n" * 10 + b"bad \xff byte\n")
     set_params(workdir, "text", utf8_errors="replace")
     run_stage_ok("tokenize-text", workdir)
-    ids = np.fromfile(workdir / "data" / "tokens" / "train.bin", dtype=np.uint16)
-    assert bytes(ids[1:].astype(np.uint8)).endswith("bad \ufffd byte\n".encode())
+    ids = token_ids(workdir / "data" / "tokens", "train")
+    assert bytes(ids[1:]).endswith("bad \ufffd byte\n".encode())
 
 
 # The row and sft's: a model or micro-batch that cannot fit is refused before anything

@@ -69,7 +69,7 @@ def test_pulled_clone_has_identical_outputs_and_nothing_to_run(
     pulled = run(["dvc", "pull"], clone).stdout
     assert re.search(r"\d+ files fetched", pulled), pulled
     names = out_files(trained)
-    assert {"checkpoints/base.pt", "checkpoints/chat.pt", "data/blocks/train.bin"} <= set(names)
+    assert {"checkpoints/base.pt", "checkpoints/chat.pt", "data/tokens/meta.json"} <= set(names)
     assert out_files(clone) == names
     for name in names:
         assert (clone / name).read_bytes() == (trained / name).read_bytes(), name

@@ -8,6 +8,7 @@ through TrainState.record; one test kills a real stage process with SIGKILL."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -65,6 +66,24 @@ def prepared(tmp_path_factory) -> Path:
     for stage in ("tokenize-text", "pack", "render-chat", "pretrain", "sft"):
         run_stage_ok(stage, work)
     assert not list((work / "checkpoints" / "resume").glob("*.pt"))  # removed when complete
+    return work
+
+
+@pytest.fixture(scope="module")
+def prepared_shards(tmp_path_factory) -> Path:
+    """As prepared, for pretrain only, with the bundled text as 41 JSONL shards of its
+    paragraphs: blocks read across shard boundaries, each paragraph whole in train or val."""
+    work = scratch_inputs(tmp_path_factory.mktemp("resume-shards") / "ref")
+    text = (work / "data" / "example_data_text.txt").read_text()
+    paragraphs = [json.dumps({"text": p + "\n"}) + "\n" for p in text.split("\n\n") if p]
+    (work / "corpus").mkdir()
+    for i in range(0, len(paragraphs), 7):
+        (work / "corpus" / f"part-{i // 7:03}.jsonl").write_text("".join(paragraphs[i : i + 7]))
+    set_params(work, "text", input="corpus", val_fraction=0.2)
+    for section, values in TINY.items():
+        set_params(work, section, **values)
+    for stage in ("tokenize-text", "pack", "pretrain"):
+        run_stage_ok(stage, work)
     return work
 
 
@@ -130,6 +149,20 @@ def test_killed_run_resumes_from_its_last_checkpoint_and_ends_bitwise_identical(
     # points the killed run logged after it were dropped, not doubled.
     assert_same_curves(work, prepared, stage)
     assert [p.name for p in (work / "checkpoints").iterdir() if p.name.startswith(".")] == []
+
+
+def test_killed_pretrain_on_a_sharded_corpus_resumes_bitwise_identical(
+    prepared_shards: Path, monkeypatch
+) -> None:
+    work = fresh_copy(prepared_shards, "kill-shards", "pretrain")
+    at_step(monkeypatch, 33, kill)
+    with pytest.raises(Killed):
+        run_stage("pretrain", work)
+    monkeypatch.undo()
+    rerun = run_stage_ok("pretrain", work)
+    assert f"pretrain: resuming from {RESUME['pretrain']} at step 30\n" in rerun.stdout
+    assert_same_final_checkpoint(work / OUT["pretrain"], prepared_shards / OUT["pretrain"])
+    assert_same_curves(work, prepared_shards, "pretrain")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -3,14 +3,14 @@ import re
 
 import numpy as np
 import pytest
-from conftest import dot_entries
+from conftest import dot_entries, token_ids, tokenize
 
 from xinslm.artifact import ArrayWriter, open_array, read_meta, token_dtype, write_meta
 from xinslm.atomic import atomic_dir, atomic_file
+from xinslm.blocks import open_blocks, shard_list
 from xinslm.errors import XinslmError
 from xinslm.pack import pack_blocks
 from xinslm.text import LOOK_AHEAD, piece_end, read_text_chunks, safe_cut, split_at_lines
-from xinslm.tokenize_text import tokenize_text
 from xinslm.tokenizer import ByteTokenizer
 
 BYTE = ByteTokenizer()
@@ -19,8 +19,8 @@ CHUNK = 4 << 20  # params.yaml's text.chunk_bytes
 
 
 def arrays(out):
-    meta = read_meta(out, "tokens", BYTE.identity())
-    return open_array(out, meta, "train").tolist(), open_array(out, meta, "val").tolist()
+    read_meta(out, "tokens", BYTE.identity())
+    return token_ids(out, "train"), token_ids(out, "val")
 
 
 # --- tokenize_text -----------------------------------------------------------------------
@@ -31,17 +31,20 @@ def test_tokenize_text_splits_at_the_next_line_start(tmp_path):
     src = tmp_path / "input.txt"
     src.write_text(text)
     out = tmp_path / "tokens"
-    tokenize_text(src, BYTE, out, val_fraction=0.4, chunk_bytes=CHUNK)
+    tokenize(src, BYTE, out, val_fraction=0.4)
     train, val = arrays(out)
     assert train == [BOS, *b"ab\ncd\nef\n"]
     assert val == [BOS, *b"gh\n"]
     assert BYTE.decode(train[1:]) + BYTE.decode(val[1:]) == text
     meta = json.loads((out / "meta.json").read_text())
     assert meta["kind"] == "tokens"
+    assert meta["split"] == "position"
     assert meta["text_bytes"] == {"train": 9, "val": 3}
     assert meta["documents"] == {"train": 1, "val": 1}
-    assert meta["arrays"]["train"] == {"file": "train.bin", "dtype": "uint16", "shape": [10]}
-    assert meta["arrays"]["val"] == {"file": "val.bin", "dtype": "uint16", "shape": [4]}
+    assert meta["tokens"] == {"train": 10, "val": 4}
+    assert meta["dtype"] == "uint16"
+    (shard,) = meta["shards"]
+    assert shard["source"] == "input.txt" and shard["tokens"] == {"train": 10, "val": 4}
     assert meta["tokenizer"] == {"name": "byte", "vocab_size": 265, "special": BYTE.special}
     assert dot_entries(tmp_path) == []
 
@@ -50,10 +53,10 @@ def test_tiny_chunks_give_the_same_tokens(tmp_path):
     text = "first\n" + "a long line with é and 日本, é日本é, longer than chunks\n" + "x\nlast"
     src = tmp_path / "input.txt"
     src.write_text(text)
-    whole = tokenize_text(src, BYTE, tmp_path / "whole", val_fraction=0.2, chunk_bytes=CHUNK)
-    chunked = tokenize_text(src, BYTE, tmp_path / "chunked", val_fraction=0.2, chunk_bytes=7)
+    whole = tokenize(src, BYTE, tmp_path / "whole", val_fraction=0.2, chunk_bytes=CHUNK)
+    chunked = tokenize(src, BYTE, tmp_path / "chunked", val_fraction=0.2, chunk_bytes=7)
     assert arrays(tmp_path / "chunked") == arrays(tmp_path / "whole")
-    assert chunked == whole
+    assert chunked.meta == whole.meta
     train, val = arrays(tmp_path / "whole")
     assert BYTE.decode(val) == "<|bos|>x\nlast"
     assert BYTE.decode(train[1:]) + BYTE.decode(val[1:]) == text
@@ -69,12 +72,12 @@ def test_chunked_tokenize_text_is_encode_of_each_split_whole(tmp_path, tiktoken_
     src = tmp_path / "input.txt"
     src.write_bytes(data)
     out = tmp_path / "tokens"
-    tokenize_text(src, tok, out, val_fraction=0.25, chunk_bytes=50)
-    meta = read_meta(out, "tokens", tok.identity())
+    tokenize(src, tok, out, val_fraction=0.25, chunk_bytes=50)
+    read_meta(out, "tokens", tok.identity())
     val_start = data.index(b"\n", len(data) - int(len(data) * 0.25) - 1) + 1
     train_text, val_text = data[:val_start].decode(), data[val_start:].decode()
-    assert open_array(out, meta, "train").tolist() == [tok.bos_id, *tok.encode(train_text)]
-    assert open_array(out, meta, "val").tolist() == [tok.bos_id, *tok.encode(val_text)]
+    assert token_ids(out, "train") == [tok.bos_id, *tok.encode(train_text)]
+    assert token_ids(out, "val") == [tok.bos_id, *tok.encode(val_text)]
 
 
 def test_directory_input_is_one_document_per_txt_file(tmp_path):
@@ -83,12 +86,13 @@ def test_directory_input_is_one_document_per_txt_file(tmp_path):
     (src / "b.txt").write_text("bee\n")
     (src / "a.txt").write_text("ay\n")
     (src / "notes.md").write_text("ignored\n")
-    meta = tokenize_text(src, BYTE, tmp_path / "tokens", val_fraction=0.0, chunk_bytes=CHUNK)
+    meta = tokenize(src, BYTE, tmp_path / "tokens", val_fraction=0.0).meta
     train, val = arrays(tmp_path / "tokens")
     assert train == [BOS, *b"ay\n", BOS, *b"bee\n"]
     assert val == []
     assert meta["documents"] == {"train": 2, "val": 0}
-    assert [s["path"] for s in meta["sources"]] == [str(src / "a.txt"), str(src / "b.txt")]
+    assert meta["split"] == "document"
+    assert [s["source"] for s in meta["shards"]] == ["a.txt", "b.txt"]
 
 
 def _empty_file(tmp_path):
@@ -103,7 +107,7 @@ def _missing(tmp_path):
 def _no_txt(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.md").write_text("text\n")
-    return tmp_path / "in", f"{tmp_path / 'in'}: directory holds no .txt files"
+    return tmp_path / "in", f"{tmp_path / 'in'}: directory holds no .txt, .jsonl or .parquet files"
 
 
 def _bad_utf8(tmp_path):
@@ -116,16 +120,18 @@ def test_tokenize_text_errors_leave_no_output(tmp_path, make):
     src, problem = make(tmp_path)
     out = tmp_path / "tokens"
     with pytest.raises(XinslmError, match=re.escape(problem)):
-        tokenize_text(src, BYTE, out, val_fraction=0.1, chunk_bytes=CHUNK)
+        tokenize(src, BYTE, out, val_fraction=0.1)
     assert not out.exists()
     assert dot_entries(tmp_path) == []
+    store = tmp_path / "tokens-store"
+    assert not store.exists() or dot_entries(store) == []  # no partial shard either
 
 
 def test_bad_utf8_offset_across_a_chunk_boundary(tmp_path):
     src = tmp_path / "in.txt"
     src.write_bytes(b"abcdef\xc3Axxxxxxx\n")  # byte 6 starts a 2-byte sequence 'A' cannot end
     with pytest.raises(XinslmError, match=re.escape(f"{src}: not valid UTF-8 at byte 6 (")):
-        tokenize_text(src, BYTE, tmp_path / "tokens", val_fraction=0.0, chunk_bytes=7)
+        tokenize(src, BYTE, tmp_path / "tokens", val_fraction=0.0, chunk_bytes=7)
 
 
 # --- cutting text ------------------------------------------------------------------------
@@ -300,17 +306,22 @@ def test_read_meta_refuses_another_tokenizer(tmp_path):
 
 
 def write_tokens(directory, train, val=()):
-    directory.mkdir()
-    arrays_meta = {}
+    """A token artifact of one shard holding these streams, laid out as tokenize-text's."""
+    (directory / "shards").mkdir(parents=True)
     for split, values in (("train", train), ("val", val)):
-        writer = ArrayWriter(directory / f"{split}.bin", np.uint16)
-        writer.write(list(values))
-        arrays_meta[split] = writer.close()
+        np.asarray(list(values), np.uint16).tofile(directory / "shards" / f"k.{split}.bin")
     writer = ArrayWriter(directory / "token_bytes.bin", np.uint32)
     writer.write(BYTE.token_byte_lengths())
-    arrays_meta["token_bytes"] = writer.close()
-    meta = {"kind": "tokens", "tokenizer": BYTE.identity(), "arrays": arrays_meta}
-    write_meta(directory, {**meta, "text_bytes": {"train": len(train), "val": len(val)}})
+    tokens = {"train": len(train), "val": len(val)}
+    meta = {
+        "kind": "tokens",
+        "tokenizer": BYTE.identity(),
+        "dtype": "uint16",
+        "shards": [{"source": "a.txt", "key": "k", "tokens": tokens}],
+        "tokens": tokens,
+        "arrays": {"token_bytes": writer.close()},
+    }
+    write_meta(directory, {**meta, "text_bytes": tokens})
 
 
 def test_pack_blocks_overlap_by_one_token(tmp_path):
@@ -318,23 +329,30 @@ def test_pack_blocks_overlap_by_one_token(tmp_path):
     stream = list(range(n))
     write_tokens(tmp_path / "tokens", stream, range(100, 107))
     meta = pack_blocks(tmp_path / "tokens", tmp_path / "blocks", context_len=t)
-    blocks = open_array(tmp_path / "blocks", meta, "train")
+    blocks = open_blocks(tmp_path / "blocks", meta, "train")[:]
     assert blocks.shape == ((n - 1) // t, t + 1) == (4, 6)
     for i, block in enumerate(blocks.tolist()):
         assert block == stream[i * t : i * t + t + 1]
     assert (blocks[1:, 0] == blocks[:-1, -1]).all()
     assert sorted(blocks[:, 1:].ravel().tolist()) == list(range(1, 4 * t + 1))
-    assert open_array(tmp_path / "blocks", meta, "val").tolist() == [list(range(100, 106))]
+    assert open_blocks(tmp_path / "blocks", meta, "val")[:].tolist() == [list(range(100, 106))]
     assert meta["stats"]["train"] == {"blocks": 4, "tokens_used": 21}
     assert meta["stats"]["val"] == {"blocks": 1, "tokens_used": 6}
+    # No copy of the stream: the blocks are read from the tokens, which meta.json names.
+    assert sorted(p.name for p in (tmp_path / "blocks").iterdir()) == [
+        "meta.json",
+        "token_bytes.bin",
+    ]
+    tokens_meta = read_meta(tmp_path / "tokens", "tokens")
+    assert meta["tokens"] == {"dir": "../tokens", "shards": shard_list(tokens_meta)}
 
 
 def test_pack_blocks_of_tokenized_text(tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("hello world\n")
-    tokenize_text(src, BYTE, tmp_path / "tokens", val_fraction=0.0, chunk_bytes=CHUNK)
+    tokenize(src, BYTE, tmp_path / "tokens", val_fraction=0.0)
     meta = pack_blocks(tmp_path / "tokens", tmp_path / "blocks", context_len=4)
-    blocks = open_array(tmp_path / "blocks", meta, "train").tolist()
+    blocks = open_blocks(tmp_path / "blocks", meta, "train")[:].tolist()
     assert blocks == [[BOS, *b"hell"], [*b"lo wo"], [*b"orld\n"]]
     assert meta["tokenizer"] == BYTE.identity()
     # Each id's bytes come along from tokenize-text, for pretrain's and evaluate's bpb.

@@ -11,6 +11,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ import torch
 from xinslm.artifact import open_array, read_meta
 from xinslm.errors import XinslmError
 from xinslm.model import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from xinslm.blocks import TokenBlocks
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (input_ids, labels), both (B, T) int64
 
@@ -77,8 +81,9 @@ class ShuffledIndices:
 class BlockBatches:
     """Pretraining batches of T+1-token windows; input = window[:-1], labels = window[1:].
 
-    pack cuts the token stream into blocks [N, T+1] with stride T (block k holds stream
-    kT .. kT+T), so block k and block k+1 without its first token hold stream kT .. kT+2T.
+    `blocks` are pack's [N, T+1] blocks with stride T (block k holds stream kT .. kT+T, read
+    from data/tokens by xinslm.blocks.TokenBlocks, or any array of that shape), so block k and
+    block k+1 without its first token hold stream kT .. kT+2T.
     With shift, the window of block k starts at a seeded random offset s in [0, T) into that
     span, drawn anew for every block and epoch: an epoch still reads about every token once,
     but at other positions and with other context than before (nanoGPT samples windows at
@@ -88,7 +93,7 @@ class BlockBatches:
 
     def __init__(
         self,
-        blocks: np.ndarray,
+        blocks: TokenBlocks | np.ndarray,
         batch_size: int,
         seed: int,
         shift: bool = False,
@@ -132,7 +137,9 @@ class BlockBatches:
         self.indices.load_state_dict(state)
 
 
-def val_block_batches(blocks: np.ndarray, batch_size: int, max_batches: int) -> Iterator[Batch]:
+def val_block_batches(
+    blocks: TokenBlocks | np.ndarray, batch_size: int, max_batches: int
+) -> Iterator[Batch]:
     """The first `max_batches` batches of the val blocks, always the same ones."""
     for first in range(0, min(len(blocks), batch_size * max_batches), batch_size):
         rows = torch.from_numpy(blocks[first : first + batch_size].astype(np.int64))

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from xinslm.atomic import atomic_dir
+from xinslm.config import TextParams
+from xinslm.corpus import Reading, documents, find_shards
 from xinslm.errors import XinslmError
-from xinslm.text import read_text_chunks, text_files
 from xinslm.tokenizer import BPE_FILE
 
 # GPT-4's pre-split pattern (cl100k_base), as nanochat trains with: words, numbers in groups
@@ -27,19 +28,19 @@ SPLIT_PATTERN = (
 )
 
 
-def training_text(
-    input_path: str | Path, val_fraction: float, max_chars: int, utf8_errors: str = "strict"
-) -> Iterator[str]:
-    """The train split of the text inputs, in chunks, up to max_chars characters."""
+def training_text(text: TextParams, max_chars: int) -> Iterator[str]:
+    """The train split of text.input's documents, in chunks, up to max_chars characters."""
     left = max_chars
-    for path in text_files(input_path):
-        for split, text in read_text_chunks(path, val_fraction, 1 << 20, utf8_errors):
+    reading = Reading(text.val_fraction, text.field, text.utf8_errors, 1 << 20)
+    for shard in find_shards(text.input):
+        for split, pieces in documents(shard, reading):
             if split != "train":
                 continue
-            yield text[:left]
-            left -= min(left, len(text))
-            if left == 0:
-                return
+            for piece in pieces:
+                yield piece[:left]
+                left -= min(left, len(piece))
+                if left == 0:
+                    return
 
 
 def train_bpe(texts: Iterator[str], vocab_size: int, out_dir: str | Path) -> dict:

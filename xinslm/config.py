@@ -42,14 +42,20 @@ class TokenizerParams:
 
 @dataclass
 class TextParams:
-    input: str
+    input: str  # a text file, or a folder of .txt, .jsonl and .parquet shards
     val_fraction: float
     chunk_bytes: int
     utf8_errors: Literal["strict", "replace"]
+    field: str  # the text of a .jsonl or .parquet record
+    workers: int  # processes tokenizing shards (0: one per CPU)
 
     def check(self) -> None:
         _in_range("val_fraction", self.val_fraction, 0.0, 0.5)
         _positive("chunk_bytes", self.chunk_bytes)
+        if not self.field:
+            raise ValueError("field: must name the records' text field, got ''")
+        if self.workers < 0:
+            raise ValueError(f"workers: must be >= 0 (0: one per CPU), got {self.workers}")
 
 
 # model.depth's shape, as nanochat's base_train.py (build_model_meta): 64 channels of width

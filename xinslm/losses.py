@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from xinslm.artifact import open_array
 from xinslm.batches import Batch, ChatData, val_block_batches, val_chat_batches
 from xinslm.device import autocast_for
 from xinslm.model import IGNORE_INDEX, NanoChatModel
+
+if TYPE_CHECKING:
+    from xinslm.blocks import TokenBlocks
 
 
 @torch.no_grad()
@@ -87,7 +91,7 @@ def bits_per_byte(nats_text: float, n_bytes: int) -> float:
 
 def text_loss_and_bpb(
     model: NanoChatModel,
-    blocks: np.ndarray,
+    blocks: TokenBlocks | np.ndarray,
     token_bytes: torch.Tensor,
     batch_size: int,
     device: torch.device,

@@ -1,11 +1,11 @@
-"""Reading text inputs: the files of `text.input`, decoded as UTF-8 in bounded chunks, split by
-position into train and val, and cut only where a tokenizer gives the same ids in pieces as
-for the whole.
+"""Reading text files: decoded as UTF-8 in bounded chunks, split by position into train and val,
+and cut only where a tokenizer gives the same ids in pieces as for the whole (which files and
+records make the corpus: xinslm.corpus).
 
-Each file is split by position, as nanoGPT splits Shakespeare: the first (1 - val_fraction) of
-its bytes go to train, the rest (from the next line start) to val. Pieces are cut where
-`safe_cut` allows, so text encoded piece by piece (tokenize-text's chunks and threads) gives
-exactly the ids of the text encoded whole.
+A lone text file is split by position, as nanoGPT splits Shakespeare: the first
+(1 - val_fraction) of its bytes go to train, the rest (from the next line start) to val.
+Pieces are cut where `safe_cut` allows, so text encoded piece by piece (tokenize-text's chunks
+and threads) gives exactly the ids of the text encoded whole.
 """
 
 from __future__ import annotations
@@ -33,19 +33,6 @@ def not_utf8(text: str, from_bytes: bool = False) -> str | None:
         escaped = from_bytes and 0xDC80 <= code <= 0xDCFF
         what = f"byte 0x{code - 0xDC00:02x}" if escaped else f"lone surrogate \\u{code:04x}"
         return f"{what} (character {e.start + 1})"
-
-
-def text_files(path: str | Path) -> list[Path]:
-    """The input files: `path` itself, or every *.txt under a directory, sorted."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-        if not files:
-            raise XinslmError(f"{path}: directory holds no .txt files")
-        return files
-    if not path.exists():
-        raise XinslmError(f"{path}: text input not found (set text.input in params.yaml)")
-    return [path]
 
 
 def safe_cut(text: str, start: int, end: int) -> int:

@@ -222,6 +222,10 @@ class TiktokenTokenizer(Tokenizer):
             raise XinslmError(f"{path}: does not match {meta_path} (sha256 {digest})")
         return cls("bpe", path, meta["pattern"], {}, fingerprint=digest)
 
+    def __getstate__(self) -> dict:
+        # Sent to tokenize-text's worker processes: everything but the thread pool.
+        return {**self.__dict__, "_pool": None}
+
     def identity(self) -> dict:
         # The fingerprint tells two trained BPEs of the same size apart.
         return {**super().identity(), "fingerprint": self.fingerprint}
@@ -232,7 +236,10 @@ class TiktokenTokenizer(Tokenizer):
     def encode_array(self, text: str) -> np.ndarray:
         # The text is cut where no pre-split piece spans the cut (same ids as encoding it
         # whole) and the pieces are encoded on a thread each, straight into uint32 buffers:
-        # tiktoken's Rust core releases the GIL and no Python int is made per token.
+        # tiktoken's Rust core releases the GIL and no Python int is made per token. A short
+        # text (a record), or one thread (a tokenize-text worker), is encoded in one call.
+        if len(text) <= PIECE_CHARS or ENCODE_THREADS == 1:
+            return self._enc.encode_to_numpy(text, disallowed_special=())
         if self._pool is None:
             self._pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="encode")
         # Enough pieces to keep every thread busy (about four each), none too small to pay.
