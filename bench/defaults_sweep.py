@@ -26,8 +26,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xinslm.artifact import open_array, read_meta  # noqa: E402
+from xinslm.artifact import read_meta  # noqa: E402
 from xinslm.batches import BlockBatches, ChatBatches, ChatData, MixedBatches  # noqa: E402
+from xinslm.blocks import open_blocks  # noqa: E402
 from xinslm.config import parse_section  # noqa: E402
 from xinslm.device import pick_device, seed_everything  # noqa: E402
 from xinslm.losses import assistant_loss, read_token_bytes, text_loss_and_bpb  # noqa: E402
@@ -65,7 +66,7 @@ def main() -> None:
     doc = yaml.safe_load(Path("params.yaml").read_text())
     model_p = parse_section("model", doc["model"], "params.yaml")
     meta = read_meta(BLOCKS, "blocks")
-    train_blocks, val_blocks = (open_array(BLOCKS, meta, s) for s in ("train", "val"))
+    train_blocks, val_blocks = (open_blocks(BLOCKS, meta, s) for s in ("train", "val"))
     token_bytes = read_token_bytes(BLOCKS, meta)
     chats = {s: ChatData(CHAT, s, meta["tokenizer"]) for s in ("train", "val")}
     config = ModelConfig.from_params(model_p, meta["tokenizer"]["vocab_size"])

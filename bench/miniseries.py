@@ -17,6 +17,7 @@ and the val bpb curve against FLOPs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -27,9 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED = Path(os.environ.get("XINSLM_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
-from xinslm.artifact import open_array, read_meta  # noqa: E402
+from xinslm.artifact import read_meta  # noqa: E402
 from xinslm.batches import BlockBatches, val_block_batches  # noqa: E402
-from xinslm.config import ModelParams, PretrainParams  # noqa: E402
+from xinslm.blocks import open_blocks  # noqa: E402
+from xinslm.config import ModelParams, PretrainParams, load_params  # noqa: E402
 from xinslm.device import seed_everything  # noqa: E402
 from xinslm.flops import flops_per_token, horizon_steps, scaling_params  # noqa: E402
 from xinslm.losses import read_token_bytes  # noqa: E402
@@ -57,7 +59,7 @@ class CurveLog(ConsoleLog):
 
 def run(args: argparse.Namespace, depth: int, work: Path) -> dict:
     meta = read_meta(work / "blocks", "blocks")
-    train, val = (open_array(work / "blocks", meta, s) for s in ("train", "val"))
+    train, val = (open_blocks(work / "blocks", meta, s) for s in ("train", "val"))
     shape = ModelParams(
         depth=depth, context_len=args.ctx, n_layer=1, n_head=1, n_kv_head=1, n_embd=2,
         logit_softcap=15.0, dropout=0.0,
@@ -112,7 +114,9 @@ def main() -> None:
     parser.add_argument("--compile", default=False, type=lambda s: s.lower() == "true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="xinslm-miniseries-"))
-    tokenize_text(args.text, ByteTokenizer(), work / "tokens", 0.1, 1 << 22)
+    (text,) = load_params(ROOT / "params.yaml", "text")
+    text = dataclasses.replace(text, input=str(args.text), val_fraction=0.1)
+    tokenize_text(text, ByteTokenizer(), work / "tokens", work / "token-store")
     pack_blocks(work / "tokens", work / "blocks", args.ctx)
     rows = [run(args, depth, work) for depth in args.depth]
     opt = f"Muon (lr {args.muon_lr:g})" if args.optimizer == "muon" else "AdamW only"

@@ -25,6 +25,7 @@ import time
 START = time.perf_counter()  # "wall time from process start" counts from here
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -60,9 +61,10 @@ def main() -> None:
 
     import torch
 
-    from xinslm.artifact import open_array, read_meta
+    from xinslm.artifact import read_meta
     from xinslm.batches import BlockBatches, val_block_batches
-    from xinslm.config import PretrainParams
+    from xinslm.blocks import open_blocks
+    from xinslm.config import PretrainParams, load_params
     from xinslm.device import seed_everything
     from xinslm.losses import loss_sums
     from xinslm.model import ModelConfig, NanoChatModel
@@ -91,13 +93,12 @@ def main() -> None:
     max_steps = args.max_steps or 2000
     eval_every = args.eval_every or (250 if args.cpu else 50)
     work = Path(tempfile.mkdtemp(prefix="xinslm-shakespeare-"))
-    tokenize_text(SHARED / "tinyshakespeare.txt", ByteTokenizer(), work / "tokens", 0.1, 1 << 22)
+    (text,) = load_params(ROOT / "params.yaml", "text")
+    text = dataclasses.replace(text, input=str(SHARED / "tinyshakespeare.txt"), val_fraction=0.1)
+    tokenize_text(text, ByteTokenizer(), work / "tokens", work / "token-store")
     pack_blocks(work / "tokens", work / "blocks", sizes["context_len"])
     meta = read_meta(work / "blocks", "blocks")
-    train, val = (
-        open_array(work / "blocks", meta, "train"),
-        open_array(work / "blocks", meta, "val"),
-    )
+    train, val = (open_blocks(work / "blocks", meta, s) for s in ("train", "val"))
 
     params = PretrainParams(
         max_steps=max_steps,

@@ -17,6 +17,7 @@ flat-memory run on a file over 1 GB.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -42,6 +43,7 @@ def run_one(mode: str, name: str, path: Path, work: Path) -> dict:
     import numpy as np
 
     from xinslm import tokenizer as tokenizer_module
+    from xinslm.config import load_params
     from xinslm.tokenize_text import tokenize_text
 
     if mode == "one-thread":
@@ -54,9 +56,12 @@ def run_one(mode: str, name: str, path: Path, work: Path) -> dict:
             for line in f:
                 ids.extend(tokenizer.encode(line))
         count = len(np.asarray(ids, dtype=np.uint32))
-    else:
-        meta = tokenize_text(path, tokenizer, work / f"tokens-{name}", 0.1, 4 << 20)
-        count = sum(meta["arrays"][split]["shape"][0] for split in ("train", "val"))
+    else:  # one file, in this process (a fresh store: nothing reused)
+        (text,) = load_params(ROOT / "params.yaml", "text")
+        text = dataclasses.replace(text, input=str(path), val_fraction=0.1, chunk_bytes=4 << 20)
+        out = work / f"tokens-{mode}-{name}"
+        meta = tokenize_text(text, tokenizer, out, out.with_name(f"{out.name}-store")).meta
+        count = sum(meta["tokens"].values())
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds": seconds, "tokens": count, "peak_rss_mb": peak_mb}

@@ -85,19 +85,21 @@ def documents(shard: Shard, reading: Reading) -> Iterator[tuple[str, Iterable[st
         chunks = read_text_chunks(shard.path, reading.val_fraction, reading.chunk_bytes, errors)
         for split, group in groupby(chunks, key=lambda chunk: chunk[0]):
             yield split, (text for _, text in group)
-    elif shard.format == "txt":
-        digest = hashlib.sha256()  # a first pass: the split must be known before the tokens
-        for _, text in read_text_chunks(shard.path, 0.0, reading.chunk_bytes, errors):
-            digest.update(text.encode("utf-8"))
+    elif shard.format == "txt":  # a first pass: the split is known before the tokens
+        digest = hashlib.sha256()
+        for piece in _pieces(shard.path, reading):
+            digest.update(piece.encode("utf-8"))
         split = "val" if in_val_digest(digest.digest(), reading.val_fraction) else "train"
-        yield (
-            split,
-            (text for _, text in read_text_chunks(shard.path, 0.0, reading.chunk_bytes, errors)),
-        )
+        yield split, _pieces(shard.path, reading)
     else:
         records = jsonl_texts if shard.format == "jsonl" else parquet_texts
         for text in records(shard.path, reading.field, errors):
             yield ("val" if in_val(text, reading.val_fraction) else "train"), [text]
+
+
+def _pieces(path: Path, reading: Reading) -> Iterator[str]:
+    chunks = read_text_chunks(path, 0.0, reading.chunk_bytes, reading.utf8_errors)
+    return (text for _, text in chunks)
 
 
 def jsonl_texts(path: Path, field: str, errors: str) -> Iterator[str]:
