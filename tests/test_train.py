@@ -126,3 +126,42 @@ def test_compiled_step_gives_the_loss_of_the_plain_one() -> None:
         losses[name] = (first, second)
     for before_after in zip(losses["plain"], losses["compiled"], strict=True):
         torch.testing.assert_close(*before_after, rtol=1e-4, atol=1e-5)
+
+
+def test_tokens_per_sec_times_steady_training_only(tmp_path, monkeypatch) -> None:
+    """On a clock that moves 1 s a step and 1000 s a resume-checkpoint save: the first window
+    (compilation, warm-up) logs no tokens/s, and the window after a save times only its steps,
+    so every logged tokens/s is the tokens of one step a second."""
+    import numpy as np
+
+    import xinslm.train
+    from xinslm.batches import BlockBatches
+    from xinslm.resume import Guard
+    from xinslm.train import TrainJob, train_loop
+    from xinslm.train_log import TrainLog
+
+    now = [0.0]
+    monkeypatch.setattr(xinslm.train, "time", type("Clock", (), {"perf_counter": lambda: now[0]}))
+    save = Guard.save
+    monkeypatch.setattr(
+        Guard, "save", lambda self, state: (save(self, state), now.__setitem__(0, now[0] + 1000))
+    )
+
+    class Recorded(TrainLog):
+        points: dict = {}
+
+        def step(self) -> None:
+            now[0] += 1.0
+
+        def metrics(self, step: int, metrics: dict) -> None:
+            self.points[step] = metrics.get("tokens_per_sec")
+
+    p = train_params(
+        max_steps=8, log_every=2, checkpoint_every=4, batch_size=2, grad_accum=1, device="cpu",
+        warmup_steps=0, compile=False,
+    )  # fmt: skip
+    blocks = np.random.default_rng(0).integers(0, 64, (16, 33), dtype=np.uint16)
+    job = TrainJob("pretrain", p, tmp_path / "base.pt", None, tmp_path / "resume.pt", {}, {})
+    log = Recorded()
+    train_loop(NanoChatModel(CONFIG), BlockBatches(blocks, 2, 0, False), None, job, log)
+    assert log.points == {2: None, 4: 2 * 32, 6: 2 * 32, 8: 2 * 32}
