@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import shutil
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -65,11 +65,12 @@ def tokenize_text(
     store.mkdir(parents=True, exist_ok=True)
     for partial in store.glob(".*.tmp"):  # left by a run that was killed
         partial.unlink()
-    with Workers(tok, params.workers, len(shards)) as workers:
-        digests = workers.map(file_sha256, [s.path for s in shards])
-        keys = [shard_key(d, s, reading, tok) for d, s in zip(digests, shards, strict=True)]
-        todo = {k: s for k, s in zip(keys, shards, strict=True) if stored(store, k) is None}
-        workers.tokenize(todo, reading, store)
+    workers = params.workers or cpu_count()
+    with ThreadPoolExecutor(workers) as threads:  # reading and hashing release the GIL
+        digests = list(threads.map(file_sha256, [s.path for s in shards]))
+    keys = [shard_key(d, s, reading, tok) for d, s in zip(digests, shards, strict=True)]
+    todo = {k: s for k, s in zip(keys, shards, strict=True) if stored(store, k) is None}
+    tokenize_shards(todo, reading, store, tok, workers)
     meta = _meta(params, tok, shards, keys, [stored(store, k) for k in keys])
     with atomic_dir(out_dir) as tmp:
         (tmp / "shards").mkdir()
@@ -222,50 +223,39 @@ def _drop_unused(store: Path, keys: set[str]) -> int:
     return len(unused)
 
 
-class Workers:
-    """Runs tokenize-text's jobs in `workers` processes (0: one per CPU), at most one per job;
-    with one, in this process. Each process gets the tokenizer once, and an equal share of the
-    CPUs for the threads of its encodes."""
+def tokenize_shards(
+    todo: dict[str, Shard], reading: Reading, store: Path, tok: Tokenizer, workers: int
+) -> None:
+    """Tokenize each shard of todo (key: shard) into the store, the largest first, with a
+    progress bar over their bytes: in `workers` processes at most, one per shard, each with an
+    equal share of the CPUs for the threads of its encodes; one shard here, on all of them.
+    The first error stops the rest."""
+    order = sorted(todo.items(), key=lambda item: -item[1].path.stat().st_size)
+    total = sum(s.path.stat().st_size for s in todo.values())
+    processes = min(workers, len(todo))
+    with tqdm(total=total, unit="B", unit_scale=True, desc="tokenize-text", disable=None) as bar:
+        if processes <= 1:
+            for key, shard in order:
+                tokenize_shard(shard, key, reading, store, tok)
+                bar.update(shard.path.stat().st_size)
+            return
+        # Spawned, not forked: no lock a thread of this process holds is copied half-held.
+        threads = max(1, cpu_count() // processes)
+        pool = ProcessPoolExecutor(processes, get_context("spawn"), _start_worker, (tok, threads))
+        try:
+            futures = {pool.submit(_in_worker, s, k, reading, store): s for k, s in order}
+            for future in as_completed(futures):
+                future.result()  # raises the shard's error here
+                bar.update(futures[future].path.stat().st_size)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
-    def __init__(self, tok: Tokenizer, workers: int, jobs: int) -> None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        self.tok, self.n = tok, max(1, min(workers or cpus or 1, jobs))
-        self.pool = None
-        if self.n > 1:  # spawned, not forked: no lock of a thread here is copied half-held
-            self.pool = ProcessPoolExecutor(
-                self.n, get_context("spawn"), _start_worker, (tok, max(1, (cpus or 1) // self.n))
-            )
 
-    def map(self, fn, items: list) -> list:
-        return list(self.pool.map(fn, items) if self.pool else map(fn, items))
-
-    def tokenize(self, todo: dict[str, Shard], reading: Reading, store: Path) -> None:
-        """Tokenize each shard of todo (key: shard), the largest first, with a progress bar
-        over their bytes; the first error stops the rest."""
-        order = sorted(todo.items(), key=lambda item: -item[1].path.stat().st_size)
-        total = sum(s.path.stat().st_size for s in todo.values())
-        with tqdm(
-            total=total, unit="B", unit_scale=True, desc="tokenize-text", disable=None
-        ) as bar:
-            if self.pool is None:
-                for key, shard in order:
-                    tokenize_shard(shard, key, reading, store, self.tok)
-                    bar.update(shard.path.stat().st_size)
-                return
-            futures = {self.pool.submit(_in_worker, s, k, reading, store): s for k, s in order}
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    future.result()  # raises the shard's error here
-                    bar.update(futures[future].path.stat().st_size)
-
-    def __enter__(self) -> Workers:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+def cpu_count() -> int:
+    """The CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 _worker_tok: Tokenizer | None = None  # a worker process's tokenizer (_start_worker)
