@@ -12,7 +12,8 @@ import pytest
 import torch
 from conftest import run_stage_ok, scratch_inputs, set_params, tiny_config
 
-from xinslm.artifact import open_array, read_meta
+from xinslm.artifact import read_meta
+from xinslm.blocks import open_blocks
 from xinslm.checkpoint import load_checkpoint, model_from_checkpoint
 from xinslm.flops import flops_per_token, horizon_steps, scaling_params
 from xinslm.losses import read_token_bytes, text_loss_and_bpb
@@ -61,13 +62,14 @@ def tsv(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def depth_run(tmp_path_factory) -> Path:
     """pretrain (then sft, briefly) with model.depth 1 and max_steps 0: the horizon from 0.01
-    tokens per parameter, every val block in each evaluation. The text is two documents, so
-    val holds a BOS target (no bytes: bpb leaves it out)."""
+    tokens per parameter, every val block in each evaluation. The text is ten documents, two
+    of which the hash rule holds out, so val holds a BOS target (no bytes: bpb leaves it out)."""
     work = scratch_inputs(tmp_path_factory.mktemp("flops") / "work")
     lines = (work / "data/example_data_text.txt").read_text().splitlines(keepends=True)
     (work / "data/texts").mkdir()
-    for i, half in enumerate((lines[: len(lines) // 2], lines[len(lines) // 2 :])):
-        (work / f"data/texts/{i}.txt").write_text("".join(half))
+    size = -(-len(lines) // 10)
+    for i in range(10):
+        (work / f"data/texts/{i:02}.txt").write_text("".join(lines[i * size : (i + 1) * size]))
     set_params(work, "text", input="data/texts")
     set_params(work, "model", context_len=32, depth=1)
     set_params(
@@ -77,6 +79,7 @@ def depth_run(tmp_path_factory) -> Path:
     set_params(work, "sft", max_steps=2, batch_size=4, eval_every=2, eval_batches=1, device="cpu")
     for stage in ("tokenize-text", "pack", "render-chat"):
         run_stage_ok(stage, work)
+    assert read_meta(work / "data/tokens", "tokens")["documents"] == {"train": 8, "val": 2}
     (work / "pretrain.out").write_text(run_stage_ok("pretrain", work).stdout)
     (work / "sft.out").write_text(run_stage_ok("sft", work).stdout)
     return work
@@ -132,7 +135,7 @@ def test_the_val_bpb_of_pretrain_is_the_evaluate_stages_on_the_same_blocks(
     model = model_from_checkpoint(load_checkpoint(depth_run / "checkpoints/base.pt"))
     got = text_loss_and_bpb(
         model,
-        open_array(blocks, meta, "val"),
+        open_blocks(blocks, meta, "val"),
         read_token_bytes(blocks, meta),
         8,
         torch.device("cpu"),
