@@ -181,14 +181,19 @@ def edit_params(repo: Path, changes: dict) -> None:
         set_params(repo, section, **values)
 
 
-def make_repo(repo: Path) -> Path:
-    """A git repo at `repo`: the committed tree plus the working copy's files, tiny params,
-    one full `dvc repro` done and committed."""
+def copy_working_tree(repo: Path) -> None:
+    """The working copy's tracked and new (not ignored) files, copied to `repo`."""
     files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO).stdout
     for name in files.split():
         if (REPO / name).is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, repo / name)
+
+
+def make_repo(repo: Path) -> Path:
+    """A git repo at `repo`: the committed tree plus the working copy's files, tiny params,
+    one full `dvc repro` done and committed."""
+    copy_working_tree(repo)
     # Start from nothing run: no lock file, no metrics from the real params.
     (repo / "dvc.lock").unlink(missing_ok=True)
     shutil.rmtree(repo / "dvclive", ignore_errors=True)

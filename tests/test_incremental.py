@@ -5,10 +5,9 @@ and DVC's cache hold hardlinks of one file: .dvc/config's cache.type)."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-from conftest import REPO, edit_params, run
+from conftest import copy_working_tree, edit_params, run
 
 
 def write_shard(path: Path, docs: list[str]) -> None:
@@ -18,11 +17,7 @@ def write_shard(path: Path, docs: list[str]) -> None:
 def project(repo: Path) -> Path:
     """The working copy's tracked and new files at `repo`, nothing run, text.input a folder of
     5 JSONL shards; a git repo (DVC's cache and config come with .dvc/)."""
-    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO).stdout
-    for name in files.split():
-        if (REPO / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, repo / name)
+    copy_working_tree(repo)
     (repo / "dvc.lock").unlink(missing_ok=True)
     (repo / "corpus").mkdir()
     for i in range(5):
