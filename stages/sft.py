@@ -8,10 +8,10 @@ the chat model keeps what pretraining taught.
 import numpy as np
 
 from xinslm import distributed
-from xinslm.artifact import read_meta
+from xinslm.artifact import file_sha256, read_meta
 from xinslm.batches import BlockBatches, ChatBatches, ChatData, MixedBatches, val_chat_batches
 from xinslm.blocks import open_blocks
-from xinslm.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
+from xinslm.checkpoint import load_checkpoint, model_from_checkpoint
 from xinslm.config import load_params
 from xinslm.device import pick_device, seed_everything, use_compile
 from xinslm.errors import XinslmError, run_main

@@ -8,6 +8,7 @@ directory with `xinslm.atomic.atomic_dir`, so a failure never leaves half an art
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -100,3 +101,12 @@ def open_array(directory: str | Path, meta: dict, name: str) -> np.ndarray:
     if expected == 0:
         return np.zeros(shape, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", shape=shape)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read a MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -19,25 +19,18 @@ not UTF-8).
 
 from __future__ import annotations
 
-import codecs
 import json
-import re
-from collections.abc import Iterator
 from pathlib import Path
 
 from xinslm.chat_template import is_learned
 from xinslm.errors import XinslmError
-from xinslm.text import not_utf8
+from xinslm.text import BadLine, read_jsonl
 
 ROLES = ("system", "user", "assistant")
 MESSAGE_FIELDS = ("role", "content", "name", "weight")
 
 # A message: role and content (strings), and "weight" (0 or 1) where the record gave one.
 Conversation = list[dict]
-
-# A JSON escape of a surrogate: only a line holding one can parse to a lone surrogate.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 # Fields of OpenAI's format that no rendering of ours could keep: refused, naming them.
 CANNOT_RENDER = (
@@ -160,79 +153,6 @@ def _content(content: object, where: str) -> str:
             raise ValueError(f"{at}.text must be a string, got {type(part.get('text')).__name__}")
         texts.append(part["text"])
     return "".join(texts)
-
-
-def read_jsonl(path: str | Path, utf8_errors: str = "strict") -> Iterator[tuple[int, object]]:
-    """Yield (line number, parsed JSON or BadLine) for each non-blank line.
-
-    Each line is decoded on its own, so a bad byte is reported on its own line and the lines
-    around it still parse. A UTF-8 BOM and CRLF line endings are accepted. Bytes that are not
-    UTF-8, and strings holding a lone surrogate (an escape such as "\\ud800"), are a BadLine
-    naming where with utf8_errors 'strict', and read as U+FFFD with 'replace'."""
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8) :]
-            try:
-                line = raw.decode("utf-8", errors=utf8_errors)
-            except UnicodeDecodeError as e:
-                yield (
-                    lineno,
-                    BadLine(
-                        f"not valid UTF-8 ({e.reason} at column {e.start + 1}); set "
-                        "chat.utf8_errors: replace to read bad bytes as U+FFFD"
-                    ),
-                )
-                continue
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line.rstrip("\r\n"))
-                if _SURROGATE_ESCAPE.search(line):
-                    record = _valid_unicode(record, "", utf8_errors)
-            except json.JSONDecodeError as e:
-                yield lineno, BadLine(f"malformed JSON: {e.msg} at column {e.colno}")
-                continue
-            except ValueError as e:
-                yield lineno, BadLine(str(e))
-                continue
-            yield lineno, record
-
-
-def _valid_unicode(value: object, where: str, errors: str) -> object:
-    """`value` (parsed JSON at `where`, a path such as messages[0].content) with the lone
-    surrogates of its strings and field names read as U+FFFD (errors 'replace'), or the first
-    one refused naming where it is ('strict': ValueError)."""
-    if isinstance(value, str):
-        return _valid_string(value, where or "the line", errors)
-    if isinstance(value, list):
-        return [_valid_unicode(v, f"{where}[{i}]", errors) for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        out = {}
-        for key, v in value.items():
-            key = _valid_string(key, f"{where or 'the record'}: field name {ascii(key)}", errors)
-            out[key] = _valid_unicode(v, f"{where}.{key}" if where else key, errors)
-        return out
-    return value
-
-
-def _valid_string(text: str, where: str, errors: str) -> str:
-    problem = not_utf8(text)
-    if problem is None:
-        return text
-    if errors == "replace":
-        return _SURROGATE.sub("\ufffd", text)
-    raise ValueError(
-        f"{where}: {problem} is not valid Unicode; set chat.utf8_errors: replace to read it as "
-        "U+FFFD"
-    )
-
-
-class BadLine:
-    """A line that could not be parsed, carried to the caller so it can fail or skip it."""
-
-    def __init__(self, problem: str) -> None:
-        self.problem = problem
 
 
 def load_conversations(

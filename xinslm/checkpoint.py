@@ -6,7 +6,6 @@ weights_only=True)` can read it: a crafted pickle that tries to execute code is 
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import sys
 from pathlib import Path
@@ -70,14 +69,6 @@ def load_checkpoint(path: str | Path, tokenizer: dict | None = None) -> dict:
     if tokenizer is not None:
         check_tokenizer(path, ckpt["tokenizer"], tokenizer)
     return ckpt
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_from_checkpoint(ckpt: dict) -> NanoChatModel:

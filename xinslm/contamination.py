@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xinslm.chat_records import BadLine, read_jsonl
 from xinslm.errors import XinslmError
+from xinslm.text import BadLine, read_jsonl
 
 NGRAM = 13
 
@@ -85,7 +85,7 @@ def seen_questions(hashes: np.ndarray, questions: list[str]) -> list[bool]:
 def task_questions(path: str | Path, utf8_errors: str = "strict") -> list[str]:
     """The questions of a task file of either kind: each record's `question`, or the last
     user message of its `messages`. A bad line is an error naming it (utf8_errors: as
-    chat_records.read_jsonl)."""
+    text.read_jsonl)."""
     path = Path(path)
     if not path.is_file():
         raise XinslmError(f"{path}: task file not found (chat.decontaminate)")

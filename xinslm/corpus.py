@@ -15,20 +15,17 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import json
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 
 from xinslm.errors import XinslmError
-from xinslm.text import not_utf8, read_text_chunks
+from xinslm.text import BadLine, read_jsonl, read_text_chunks, valid_string
 
 FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".parquet": "parquet"}
 PARQUET_BATCH = 256  # records decoded at a time: memory stays about one row group
 REPLACE_HINT = "set text.utf8_errors: replace to read bad bytes as U+FFFD"
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -103,25 +100,13 @@ def _pieces(path: Path, reading: Reading) -> Iterator[str]:
 
 
 def jsonl_texts(path: Path, field: str, errors: str) -> Iterator[str]:
-    """The `field` of each record of a JSONL file, line by line; a bad record is an error
-    naming file:line (blank lines, a UTF-8 BOM and CRLF line ends are fine)."""
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8", errors)
-            except UnicodeDecodeError as e:
-                raise XinslmError(
-                    f"{where}: not valid UTF-8 ({e.reason} at column {e.start + 1}); {REPLACE_HINT}"
-                ) from None
-            line = line.removeprefix("\ufeff") if number == 1 else line
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                raise XinslmError(f"{where}: malformed JSON: {e.msg} at column {e.colno}") from None
-            yield _record_text(where, record, field, errors)
+    """The `field` of each record of a JSONL file, line by line (xinslm.text.read_jsonl: blank
+    lines, a UTF-8 BOM and CRLF line ends are fine); a bad record is an error naming file:line."""
+    for number, record in read_jsonl(path, errors, "text.utf8_errors", strings=False):
+        where = f"{path}:{number}"
+        if isinstance(record, BadLine):
+            raise XinslmError(f"{where}: {record.problem}")
+        yield _record_text(where, record, field, errors)
 
 
 def _record_text(where: str, record: object, field: str, errors: str) -> str:
@@ -134,13 +119,10 @@ def _record_text(where: str, record: object, field: str, errors: str) -> str:
     text = record[field]
     if not isinstance(text, str):
         raise XinslmError(f"{where}: field '{field}' must be a string, got {type(text).__name__}")
-    problem = not_utf8(text)  # a lone surrogate escape ("\ud800"): valid JSON, not Unicode
-    if problem and errors == "strict":
-        raise XinslmError(
-            f"{where}: field '{field}': {problem} is not valid Unicode; set text.utf8_errors: "
-            "replace to read it as U+FFFD"
-        )
-    return _SURROGATE.sub("\ufffd", text) if problem else text
+    try:  # a lone surrogate escape ("\ud800"): valid JSON, not Unicode
+        return valid_string(text, f"{where}: field '{field}'", errors, "text.utf8_errors")
+    except ValueError as e:
+        raise XinslmError(str(e)) from None
 
 
 def parquet_texts(path: Path, field: str, errors: str) -> Iterator[str]:

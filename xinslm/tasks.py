@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xinslm.chat_records import BadLine, read_jsonl, validate_record
+from xinslm.chat_records import validate_record
 from xinslm.chat_template import decode_reply, render_prompt
 from xinslm.contamination import matching_conversations, seen_questions
 from xinslm.engine import Engine
@@ -31,6 +31,7 @@ from xinslm.errors import XinslmError
 from xinslm.model import NanoChatModel
 from xinslm.sampling import Sampling
 from xinslm.task_scoring import continuation_logprobs, extract_answer, pass_at_k, pick_choice
+from xinslm.text import BadLine, read_jsonl
 from xinslm.tokenizer import Tokenizer
 from xinslm.tool_calls import Calculator
 
@@ -55,7 +56,7 @@ class ChoiceItem:
 
 def load_items(path: str | Path, kind: str, limit: int = 0, utf8_errors: str = "strict") -> list:
     """The first `limit` items (0: all) of a task file; a bad line is an error naming it
-    (utf8_errors, chat.utf8_errors: as chat_records.read_jsonl)."""
+    (utf8_errors, chat.utf8_errors: as text.read_jsonl)."""
     path = Path(path)
     if not path.is_file():
         raise XinslmError(f"{path}: task file not found (eval.tasks)")

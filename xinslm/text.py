@@ -11,6 +11,8 @@ and threads) gives exactly the ids of the text encoded whole.
 from __future__ import annotations
 
 import codecs
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -18,6 +20,9 @@ from typing import BinaryIO
 from xinslm.errors import XinslmError
 
 LOOK_AHEAD = 8  # a piece may grow to this many times its size to end at a safe cut
+# A JSON escape of a surrogate: only a line holding one can parse to a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def not_utf8(text: str, from_bytes: bool = False) -> str | None:
@@ -144,3 +149,84 @@ def _decoded_chunks(
             yield text[start:cut]
             start = cut
         carry = text[start:]
+
+
+def read_jsonl(
+    path: str | Path,
+    utf8_errors: str = "strict",
+    setting: str = "chat.utf8_errors",
+    strings: bool = True,
+) -> Iterator[tuple[int, object]]:
+    """Yield (line number, parsed JSON or BadLine) for each non-blank line.
+
+    Each line is decoded on its own, so a bad byte is reported on its own line and the lines
+    around it still parse. A UTF-8 BOM and CRLF line endings are accepted. Bytes that are not
+    UTF-8, and strings holding a lone surrogate (an escape such as "\\ud800"), are a BadLine
+    naming where with utf8_errors 'strict', and read as U+FFFD with 'replace'. `setting` is
+    the param a message tells to set; strings False leaves lone surrogates to the caller."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            try:
+                line = raw.decode("utf-8", errors=utf8_errors)
+            except UnicodeDecodeError as e:
+                yield (
+                    lineno,
+                    BadLine(
+                        f"not valid UTF-8 ({e.reason} at column {e.start + 1}); set "
+                        f"{setting}: replace to read bad bytes as U+FFFD"
+                    ),
+                )
+                continue
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line.rstrip("\r\n"))
+                if strings and _SURROGATE_ESCAPE.search(line):
+                    record = _valid_unicode(record, "", utf8_errors, setting)
+            except json.JSONDecodeError as e:
+                yield lineno, BadLine(f"malformed JSON: {e.msg} at column {e.colno}")
+                continue
+            except ValueError as e:
+                yield lineno, BadLine(str(e))
+                continue
+            yield lineno, record
+
+
+def _valid_unicode(value: object, where: str, errors: str, setting: str) -> object:
+    """`value` (parsed JSON at `where`, a path such as messages[0].content) with the lone
+    surrogates of its strings and field names read as U+FFFD (errors 'replace'), or the first
+    one refused naming where it is ('strict': ValueError)."""
+    if isinstance(value, str):
+        return valid_string(value, where or "the line", errors, setting)
+    if isinstance(value, list):
+        return [_valid_unicode(v, f"{where}[{i}]", errors, setting) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for key, v in value.items():
+            name = f"{where or 'the record'}: field name {ascii(key)}"
+            key = valid_string(key, name, errors, setting)
+            out[key] = _valid_unicode(v, f"{where}.{key}" if where else key, errors, setting)
+        return out
+    return value
+
+
+def valid_string(text: str, where: str, errors: str, setting: str) -> str:
+    """`text` with its lone surrogates read as U+FFFD (errors 'replace'), or the first one
+    refused naming `where` and the param to set ('strict': ValueError)."""
+    problem = not_utf8(text)
+    if problem is None:
+        return text
+    if errors == "replace":
+        return _SURROGATE.sub("\ufffd", text)
+    raise ValueError(
+        f"{where}: {problem} is not valid Unicode; set {setting}: replace to read it as U+FFFD"
+    )
+
+
+class BadLine:
+    """A line that could not be parsed, carried to the caller so it can fail or skip it."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem

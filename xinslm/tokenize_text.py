@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from xinslm import artifact, corpus, text, tokenizer
-from xinslm.artifact import ArrayWriter, token_dtype, write_meta
+from xinslm.artifact import ArrayWriter, file_sha256, token_dtype, write_meta
 from xinslm.atomic import atomic_dir
 from xinslm.config import TextParams
 from xinslm.corpus import Reading, Shard, documents, find_shards
@@ -85,16 +85,9 @@ def tokenize_text(
         write_meta(tmp, meta)
     dropped = _drop_unused(store, set(keys))
     names = [s.name for s in todo.values()]
-    reused = [s.name for s in shards if s.name not in set(names)]
+    done = set(names)
+    reused = [s.name for s in shards if s.name not in done]
     return Tokenized(meta, names, reused, dropped)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shard_key(sha256: str, shard: Shard, reading: Reading, tok: Tokenizer) -> str:
