@@ -47,7 +47,7 @@ def test_every_chart_is_drawn_against_its_stages_steps_to_the_last(trained_repo:
         s: json.loads((trained_repo / f"dvclive/{s}/metrics.json").read_text()) for s in max_steps
     }
     for name, spec in defined.items():
-        ((chart,),) = [shown["data"][name]]
+        (chart,) = shown["data"][name]
         x = chart["content"]["encoding"]["x"]["field"]
         assert x == (spec["x"] if isinstance(spec["x"], str) else next(iter(spec["x"].values())))
         curves: dict[str | None, list[dict]] = {}
